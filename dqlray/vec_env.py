@@ -1,0 +1,116 @@
+"""N trading environments stepped at once with NumPy only.
+
+Same semantics as :class:`~dqlray.env.TradingEnv` (both price trades with :func:`~dqlray.env.apply_positions`);
+features are precomputed float32 arrays and observations are gathered by bar index, so a step is a handful of array
+operations whatever N is. Each environment has its own random generator, so environment k's episodes depend on its
+own seed only. Finished environments reset in the same step (the returned observation is the new episode's first).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from dqlray.env import apply_positions, position_values, start_and_end
+from dqlray.market import Market
+
+
+class VecStep(NamedTuple):
+    """What one step of all N environments returns."""
+
+    obs: np.ndarray  # (N, obs_dim) float32, after any reset
+    reward: np.ndarray  # (N,) float64
+    terminated: np.ndarray  # (N,) bool: ruin
+    truncated: np.ndarray  # (N,) bool: end of data or of the episode length
+    portfolio_value: np.ndarray  # (N,) value after the step, before any reset
+    episode_return: np.ndarray  # (N,) log return of episodes that ended this step, NaN elsewhere
+
+
+class VecTradingEnv:
+    """``n_envs`` independent trading environments on one :class:`Market` part."""
+
+    def __init__(
+        self,
+        market: Market,
+        n_envs: int,
+        *,
+        part: str = "train",
+        positions: str = "long_flat",
+        fee_bps: float = 1.0,
+        slippage_bps: float = 1.0,
+        episode_length: int | None = None,
+        random_start: bool = False,
+        ruin_fraction: float = 0.1,
+        initial_value: float = 1.0,
+        seeds: list[int] | None = None,
+    ) -> None:
+        if n_envs < 1:
+            raise ValueError(f"n_envs={n_envs} must be >= 1")
+        self.market = market
+        self.n_envs = n_envs
+        self.start, self.stop = market.part(part)
+        if episode_length is not None and not 1 <= episode_length <= self.stop - self.start - 1:
+            raise ValueError(f"episode_length={episode_length} must be in [1, {self.stop - self.start - 1}]")
+        self.pos_values = position_values(positions)
+        self.flat_action = int(np.argmin(np.abs(self.pos_values)))
+        self.n_actions = len(self.pos_values)
+        self.cost_rate = (fee_bps + slippage_bps) * 1e-4
+        self.episode_length = episode_length
+        self.random_start = random_start
+        self.ruin_value = ruin_fraction * initial_value
+        self.initial_value = initial_value
+        seeds = list(range(n_envs)) if seeds is None else list(seeds)
+        if len(seeds) != n_envs:
+            raise ValueError(f"{len(seeds)} seeds for {n_envs} environments")
+        self.rngs = [np.random.default_rng(s) for s in seeds]
+        self.t = np.zeros(n_envs, dtype=np.int64)
+        self.end = np.zeros(n_envs, dtype=np.int64)
+        self.action = np.full(n_envs, self.flat_action, dtype=np.int64)  # action that set the held position
+        self.pos = np.zeros(n_envs, dtype=np.float64)
+        self.value = np.full(n_envs, initial_value, dtype=np.float64)
+        self.trades = np.zeros(n_envs, dtype=np.int64)
+        self.costs = np.zeros(n_envs, dtype=np.float64)
+        self.ep_return = np.zeros(n_envs, dtype=np.float64)
+        self._obs = np.empty((n_envs, market.obs_dim), dtype=np.float32)
+
+    def _reset_envs(self, idx: np.ndarray) -> None:
+        for i in idx:
+            self.t[i], self.end[i] = start_and_end(self.start, self.stop, self.episode_length, self.random_start,
+                                                   self.rngs[i])
+        self.action[idx] = self.flat_action
+        self.pos[idx] = self.pos_values[self.flat_action]
+        self.value[idx] = self.initial_value
+        self.trades[idx] = 0
+        self.costs[idx] = 0.0
+        self.ep_return[idx] = 0.0
+
+    def reset(self) -> np.ndarray:
+        """Start every environment's first episode; returns observations ``(N, obs_dim)``."""
+        self._reset_envs(np.arange(self.n_envs))
+        return self.observe()
+
+    def observe(self) -> np.ndarray:
+        """Current observations (a view of an internal buffer, overwritten by the next step)."""
+        return self.market.observe(self.t, self.pos, out=self._obs)
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        """Move every environment to the target position of its action and hold it over the next bar."""
+        new_pos = self.pos_values[actions]
+        value, reward, cost, traded = apply_positions(self.value, self.pos, new_pos, self.market.ret_next[self.t],
+                                                      self.cost_rate)
+        self.value = value
+        self.costs += cost
+        self.trades += traded > 0
+        self.pos = new_pos
+        self.action = np.array(actions, dtype=np.int64)  # a copy: resets write into it
+        self.t += 1
+        self.ep_return += reward
+        terminated = value <= self.ruin_value
+        truncated = ~terminated & (self.t >= self.end)
+        done = terminated | truncated
+        ep_ret = np.where(done, self.ep_return, np.nan)
+        if done.any():
+            self.value = value.copy()  # the returned values stay those before the reset
+            self._reset_envs(np.flatnonzero(done))
+        return VecStep(self.observe(), reward, terminated, truncated, value, ep_ret)
