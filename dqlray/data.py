@@ -349,17 +349,15 @@ def chronological_split(
     parts = {"train": (warmup, b1), "val": (b1, b2), "test": (b2, n)}
     for label, (a, b) in parts.items():
         if b - a < min_bars:
-            need = int(np.ceil(min_bars * 1.0 / max(min(_frac(train), _frac(val), 1 - _frac(train) - _frac(val)), 1e-9)))
+            hint = ""
+            if isinstance(train, float) and isinstance(val, float):
+                need = warmup + int(np.ceil(min_bars / min(train, val, 1.0 - train - val)))
+                hint = f"; about {need} rows needed"
             raise DataError(
                 f"{data.source}: too few rows for the window and the splits: {n} rows give the {label} part "
-                f"{max(b - a, 0)} bars, fewer than the {min_bars} it needs (warm-up {warmup} bars; "
-                f"about {warmup + need} rows needed)"
+                f"{max(b - a, 0)} bars, fewer than the {min_bars} it needs (warm-up {warmup} bars{hint})"
             )
     return Split(train=parts["train"], val=parts["val"], test=parts["test"])
-
-
-def _frac(x: float | str) -> float:
-    return x if isinstance(x, float) else 0.2
 
 
 def _date_index(data: OHLCV, date: str, label: str) -> int:

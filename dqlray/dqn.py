@@ -1,0 +1,179 @@
+"""The DQN update for K seeds at once (Mnih et al. 2015; Double DQN, van Hasselt et al. 2016).
+
+Seeds never interact: the loss is the sum of the seeds' mean losses (so each seed's gradient is its own), gradients
+are clipped per seed, and Adam is elementwise. A K-seed learner therefore follows the same trajectory as K
+one-seed learners, up to floating-point order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from dqlray.config import AgentConfig
+from dqlray.market import Market
+from dqlray.networks import BatchedMLP
+from dqlray.replay import Transitions
+
+
+class UpdateStats(NamedTuple):
+    """Per-seed statistics of one gradient step."""
+
+    loss: np.ndarray  # (K,)
+    mean_q: np.ndarray  # (K,)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when available) to a torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
+
+
+class DQNLearner:
+    """Online and target Q-networks, the optimiser, and exploration for K seeds.
+
+    Parameters, gradients, Adam moments and the target are ``(K, P)`` tensors, so the optimiser step, the per-seed
+    gradient clipping and the target sync are a few tensor operations each (see :mod:`dqlray.networks`).
+    """
+
+    ADAM_BETAS = (0.9, 0.999)
+    ADAM_EPS = 1e-8
+
+    def __init__(self, cfg: AgentConfig, market: Market, n_actions: int, seeds: tuple[int, ...],
+                 explore_seeds: list[np.random.SeedSequence], device: torch.device) -> None:
+        self.cfg = cfg
+        self.market = market
+        self.k = len(seeds)
+        self.n_actions = n_actions
+        self.device = device
+        self.net = BatchedMLP(market.obs_dim, n_actions, cfg.hidden, seeds, dueling=cfg.dueling, device=device)
+        self.target_flat = self.net.flat.clone()
+        self.target_w, self.target_b = self.net.views(self.target_flat)
+        self.grad = torch.zeros_like(self.net.flat)
+        self.exp_avg = torch.zeros_like(self.net.flat)
+        self.exp_avg_sq = torch.zeros_like(self.net.flat)
+        self.explore_rngs = [np.random.default_rng(s) for s in explore_seeds]
+        self.updates = 0
+        b = cfg.batch_size
+        # One preallocated buffer holds a batch's observations and next observations, (K, 2B, obs_dim): one gather
+        # fills it and one forward pass of the online network covers both halves (Double DQN needs both).
+        self._obs_np = np.empty((self.k, 2 * b, market.obs_dim), dtype=np.float32)
+        self._idx_t = np.empty((self.k, 2 * b), dtype=np.int64)
+        self._idx_p = np.empty((self.k, 2 * b), dtype=np.float32)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy action of seed k for observation ``obs[k]`` (``obs`` is ``(K, obs_dim)``)."""
+        q = self.net.forward(self._tensor(np.ascontiguousarray(obs, dtype=np.float32))[:, None, :])
+        return q[:, 0, :].argmax(dim=-1).cpu().numpy()
+
+    def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
+        """Epsilon-greedy actions, each seed exploring with its own generator."""
+        actions = self.greedy(obs)
+        for i, rng in enumerate(self.explore_rngs):
+            if rng.random() < epsilon:
+                actions[i] = rng.integers(self.n_actions)
+        return actions
+
+    @torch.inference_mode()
+    def update(self, batch: Transitions) -> UpdateStats:
+        """One gradient step on a batch ``(K, B)`` of transitions; the target network is synced on schedule."""
+        cfg = self.cfg
+        k, b = batch.t.shape
+        self._idx_t[:, :b] = batch.t
+        self._idx_t[:, b:] = batch.next_t
+        self._idx_p[:, :b] = batch.pos
+        self._idx_p[:, b:] = batch.next_pos
+        self.market.observe(self._idx_t.reshape(-1), self._idx_p.reshape(-1), out=self._obs_np.reshape(k * 2 * b, -1))
+        x = self._tensor(self._obs_np)
+        actions = self._tensor(batch.action).unsqueeze(-1)
+        ret = self._tensor(batch.ret)
+        discount = self._tensor(batch.discount)
+        # Double DQN picks next actions with the online network: one forward covers both halves. Plain DQN needs
+        # the online network on the observations only.
+        q_all, cache = self.net.forward_cached(x if cfg.double else x[:, :b])
+        q_next_target = self.net.forward(x[:, b:], self.target_w, self.target_b)
+        if cfg.double:
+            best = q_all[:, b:].argmax(dim=-1, keepdim=True)
+            q_next = q_next_target.gather(-1, best).squeeze(-1)
+        else:
+            q_next = q_next_target.max(dim=-1).values
+        y = torch.addcmul(ret, discount, q_next)
+        q = q_all[:, :b].gather(-1, actions).squeeze(-1)
+        diff = q - y
+        if cfg.loss == "huber":  # smooth L1 with beta 1, as SB3 and torch's F.smooth_l1_loss
+            absd = diff.abs()
+            per = torch.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5).mean(dim=1)
+            dq_a = diff.clamp(-1.0, 1.0).div_(b)
+        else:
+            per = (diff * diff).mean(dim=1)
+            dq_a = diff.mul(2.0 / b)
+        dq = torch.zeros(k, b, self.n_actions, device=self.device).scatter_(-1, actions, dq_a.unsqueeze(-1))
+        self.net.backward(cache, dq, self.grad)
+        if cfg.max_grad_norm is not None:
+            # Clip each seed's own gradient norm (clipping all parameters together would couple the seeds).
+            norm = torch.linalg.vector_norm(self.grad, dim=1, keepdim=True)
+            self.grad.mul_((cfg.max_grad_norm / (norm + 1e-6)).clamp_(max=1.0))
+        self._adam_step()
+        self.updates += 1
+        if self.updates % cfg.target_update_freq == 0:
+            self.sync_target()
+        return UpdateStats(per.cpu().numpy(), q.mean(dim=1).cpu().numpy())
+
+    def _adam_step(self) -> None:
+        # Adam (Kingma and Ba 2015) as torch.optim.Adam computes it, on the flat (K, P) tensors.
+        b1, b2 = self.ADAM_BETAS
+        step = self.updates + 1
+        self.exp_avg.lerp_(self.grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(self.grad, self.grad, value=1 - b2)
+        bc1 = 1 - b1**step
+        bc2_sqrt = math.sqrt(1 - b2**step)
+        denom = self.exp_avg_sq.sqrt().div_(bc2_sqrt).add_(self.ADAM_EPS)
+        self.net.flat.addcdiv_(self.exp_avg, denom, value=-self.cfg.learning_rate / bc1)
+
+    @torch.inference_mode()
+    def sync_target(self) -> None:
+        """Target <- tau * online + (1 - tau) * target (a copy when tau is 1)."""
+        if self.cfg.tau >= 1.0:
+            self.target_flat.copy_(self.net.flat)
+        else:
+            self.target_flat.lerp_(self.net.flat, self.cfg.tau)
+
+    def state_dict(self) -> dict:
+        """Networks, optimiser moments, exploration generators and counters."""
+        return {"online": self.net.flat.cpu().clone(), "target": self.target_flat.cpu().clone(),
+                "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone(),
+                "updates": self.updates, "explore_rngs": [r.bit_generator.state for r in self.explore_rngs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`."""
+        for dst, key in ((self.net.flat, "online"), (self.target_flat, "target"), (self.exp_avg, "exp_avg"),
+                         (self.exp_avg_sq, "exp_avg_sq")):
+            if tuple(state[key].shape) != tuple(dst.shape):
+                raise ValueError(f"checkpoint {key} has shape {tuple(state[key].shape)}, this network "
+                                 f"{tuple(dst.shape)}: the checkpoint was made with another agent or window")
+            dst.copy_(state[key])
+        self.updates = int(state["updates"])
+        for r, s in zip(self.explore_rngs, state["explore_rngs"], strict=True):
+            r.bit_generator.state = s
+
+
+class GreedyPolicy:
+    """The learner's greedy policy with the evaluation ``predict(obs)`` interface (seed k acts on row k)."""
+
+    def __init__(self, learner: DQNLearner) -> None:
+        self.learner = learner
+
+    def predict(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy actions ``(K,)`` for observations ``(K, obs_dim)``."""
+        return self.learner.greedy(obs)

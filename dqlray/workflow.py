@@ -1,0 +1,247 @@
+"""One experiment end to end: run folder, training, the single test evaluation, and the saved results.
+
+``results/<experiment>/`` holds ``config.yaml`` (resolved), ``meta.json`` (seeds, data file and hash, split dates,
+git commit, package versions), ``metrics.csv`` (one row per episode), ``checkpoints/``, and after the test
+evaluation ``eval.json`` plus equity curves and positions as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from dqlray.baselines import make_baselines
+from dqlray.config import ExperimentConfig, load_config
+from dqlray.data import OHLCV, data_hash, load_ohlcv
+from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
+from dqlray.errors import DqlrayError
+from dqlray.evaluation import EvalResult, evaluate_policy
+from dqlray.market import Market
+from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
+from dqlray.trainer import TrainResult, build_market, list_checkpoints, load_checkpoint, replay_bytes, train
+
+HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "num_trades",
+            "turnover", "exposure")
+
+
+@dataclass
+class RunOutcome:
+    """A finished (or stopped) experiment."""
+
+    run_dir: Path
+    result: TrainResult
+    evaluation: dict[str, Any] | None
+
+
+def run_dir_of(config: ExperimentConfig) -> Path:
+    """``<results_dir>/<experiment_name>``."""
+    return Path(config.train.results_dir) / config.train.experiment_name
+
+
+def write_run_header(run_dir: Path, config: ExperimentConfig, data: OHLCV, market: Market) -> None:
+    """Write the resolved config and the metadata that make the run reproducible."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    def dates(part: str) -> list[str]:
+        a, b = market.part(part)
+        return [str(pd.Timestamp(data.time[a]).date()), str(pd.Timestamp(data.time[b - 1]).date())]
+
+    write_json(run_dir / "meta.json", {
+        "experiment": config.train.experiment_name,
+        "seeds": list(config.train.seeds),
+        "data_file": config.data.data_file,
+        "data_hash": data_hash(data),
+        "bars": len(data),
+        "split": {p: {"bars": list(market.part(p)), "dates": dates(p)} for p in ("train", "val", "test")},
+        "costs_bps": config.env.fee_bps + config.env.slippage_bps,
+        "replay_buffer_bytes": replay_bytes(config),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """Per-episode metrics as CSV (rewritten whole, atomically, so a resumed run has no duplicate rows)."""
+    if not history:
+        return
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row.get(k, "") for k in keys})
+    atomic_write_text(path, buf.getvalue())
+
+
+def learner_from_checkpoint(config: ExperimentConfig, market: Market, checkpoint: str | Path) -> DQNLearner:
+    """Rebuild the trained networks of a run from one of its checkpoints."""
+    from dqlray.env import position_values
+
+    seeds = config.train.seeds
+    learner = DQNLearner(config.agent, market, len(position_values(config.env.positions)), seeds,
+                         [np.random.SeedSequence(s).spawn(3)[2] for s in seeds], resolve_device(config.train.device))
+    learner.load_state_dict(load_checkpoint(checkpoint)["learner"])
+    return learner
+
+
+def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, part: str = "test"
+                 ) -> tuple[dict[str, Any], dict[str, EvalResult]]:
+    """Every seed's greedy policy and every baseline over ``part`` with the same costs."""
+    ec = config.env
+    kw = dict(positions=ec.positions, fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps,
+              periods=config.train.periods_per_year)
+    results = {"agent": evaluate_policy(GreedyPolicy(learner), market, part=part, n_envs=learner.k, name="agent",
+                                        **kw)}
+    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
+        results[name] = evaluate_policy(pol, market, part=part, name=name, **kw)
+    out = {
+        "part": part,
+        "bars": list(market.part(part)),
+        "costs_bps": ec.fee_bps + ec.slippage_bps,
+        "seeds": list(config.train.seeds),
+        "agent": {"per_seed": results["agent"].metrics, "summary": results["agent"].summary()},
+        "baselines": {n: r.metrics[0] for n, r in results.items() if n != "agent"},
+    }
+    return out, results
+
+
+def save_curves(run_dir: Path, results: dict[str, EvalResult], part: str) -> None:
+    """Equity curves and positions of the agent's seeds (and their mean) and of every baseline, as CSV."""
+    agent = results["agent"]
+    eq: dict[str, Any] = {"date": pd.DatetimeIndex(agent.time).strftime("%Y-%m-%d %H:%M:%S")}
+    pos: dict[str, Any] = {"date": eq["date"][:-1]}
+    for k in range(agent.equity.shape[0]):
+        eq[f"agent_seed{k}"] = agent.equity[k]
+        pos[f"agent_seed{k}"] = agent.positions[k]
+    eq["agent_mean"] = agent.equity.mean(axis=0)
+    for name, r in results.items():
+        if name != "agent":
+            eq[name] = r.equity[0]
+            pos[name] = r.positions[0]
+    buf = io.StringIO()
+    pd.DataFrame(eq).to_csv(buf, index=False, float_format="%.8g")
+    atomic_write_text(run_dir / f"equity_{part}.csv", buf.getvalue())
+    buf = io.StringIO()
+    pd.DataFrame(pos).to_csv(buf, index=False, float_format="%.4g")
+    atomic_write_text(run_dir / f"positions_{part}.csv", buf.getvalue())
+
+
+def format_metrics_table(evaluation: dict[str, Any]) -> str:
+    """The "Final Metrics" block: agent mean ± spread over seeds next to every baseline."""
+    rows = [("agent (mean±sd)", {k: v for k, v in evaluation["agent"]["summary"].items()})]
+    header = f"{'policy':<22}" + "".join(f"{k:>14}" for k in HEADLINE)
+    lines = [header, "-" * len(header)]
+    for name, summ in rows:
+        cells = "".join(f"{_fmt(summ[k]['mean'], k) + '±' + _fmt(summ[k]['std'], k, short=True):>14}" for k in HEADLINE)
+        lines.append(f"{name:<22}{cells}")
+    for name, m in evaluation["baselines"].items():
+        lines.append(f"{name:<22}" + "".join(f"{_fmt(m[k], k):>14}" for k in HEADLINE))
+    return "\n".join(lines)
+
+
+def _fmt(v: float, key: str, short: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "nan"
+    if key == "num_trades":
+        return f"{v:.0f}" if not short else f"{v:.0f}"
+    return f"{v:.2f}" if short else f"{v:.3f}"
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    notifier: Any = None,
+    progress: bool | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    out: Callable[[str], None] = print,
+) -> RunOutcome:
+    """Train, checkpoint, evaluate once on the test part, and save everything under the run folder."""
+    data = load_ohlcv(config.data.data_file)
+    run_dir = run_dir_of(config)
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = None
+    if resume:
+        if not list_checkpoints(ckpt_dir):
+            raise DqlrayError(f"{run_dir}: nothing to resume (no checkpoint in {ckpt_dir})")
+        saved = load_config(run_dir / "config.yaml")
+        if saved.to_dict() != config.to_dict():
+            diff = [f"{s}.{k}" for s, sec in config.to_dict().items() for k, v in sec.items()
+                    if saved.to_dict()[s][k] != v]
+            raise DqlrayError(f"{run_dir}: --resume with a different config ({', '.join(diff)}); "
+                              "resume with the saved settings or start a new --experiment_name")
+        resume_from = ckpt_dir
+    elif (run_dir / "metrics.csv").exists() or list_checkpoints(ckpt_dir):
+        raise DqlrayError(f"{run_dir} already holds a run; use --resume to continue it, or another --experiment_name")
+    market = build_market(config, data)
+    if not resume:
+        write_run_header(run_dir, config, data, market)
+    tc = config.train
+    if notifier is not None:
+        notifier.start(agent_type=config.agent.agent_type, episodes=tc.episodes, data_file=config.data.data_file)
+
+    def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
+        history.append(metrics)
+        write_metrics_csv(run_dir / "metrics.csv", history)
+        if notifier is not None:
+            notifier.progress(episode=metrics["episodes"], total=tc.episodes, mean_reward=metrics["episode_return"],
+                              loss=metrics["loss"], epsilon=metrics["epsilon"])
+            if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
+                notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
+
+    history: list[dict[str, Any]] = []
+    if resume_from is not None:
+        history = list(load_checkpoint(resume_from)["history"])
+    result = train(config, data, report=report, checkpoint_dir=ckpt_dir, resume_from=resume_from,
+                   progress=progress, should_stop=should_stop)
+    if result.stopped_early:
+        out(f"Stopped at episode {result.final.get('episodes')}; resume with --resume")
+        return RunOutcome(run_dir, result, None)
+    evaluation, curves = evaluate_all(result.learner, result.market, config, "test")
+    evaluation["model_path"] = result.last_checkpoint
+    write_json(run_dir / "eval.json", evaluation)
+    save_curves(run_dir, curves, "test")
+    _, val_curves = evaluate_all(result.learner, result.market, config, "val")
+    save_curves(run_dir, val_curves, "val")
+    out("\nFinal Metrics (test split, costs {:.1f} bps, {} seeds)".format(evaluation["costs_bps"], len(tc.seeds)))
+    out(format_metrics_table(evaluation))
+    out(f"\nResults: {run_dir}")
+    return RunOutcome(run_dir, result, evaluation)
+
+
+def evaluate_run(run_dir: str | Path, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate a finished run's last checkpoint on its test part again (deterministic) and print the table."""
+    rd = Path(run_dir)
+    if not (rd / "config.yaml").exists():
+        raise DqlrayError(f"{rd}: not a run folder (no config.yaml)")
+    config = load_config(rd / "config.yaml")
+    data = load_ohlcv(config.data.data_file)
+    meta = json.loads((rd / "meta.json").read_text())
+    if meta.get("data_hash") != data_hash(data):
+        raise DqlrayError(f"{config.data.data_file}: data hash {data_hash(data)} differs from the run's "
+                          f"{meta.get('data_hash')}: the file changed since training")
+    market = build_market(config, data)
+    ckpts = list_checkpoints(rd / "checkpoints")
+    if not ckpts:
+        raise DqlrayError(f"{rd}: no checkpoint to evaluate")
+    learner = learner_from_checkpoint(config, market, ckpts[-1])
+    evaluation, _ = evaluate_all(learner, market, config, "test")
+    out(format_metrics_table(evaluation))
+    return evaluation
