@@ -221,6 +221,7 @@ class ExperimentConfig:
         return build_config(overrides, base=self, source=source)
 
 
+SWEEP_KEYS = ("search", "grid", "sweep")
 SECTIONS: dict[str, type] = {"data": DataConfig, "env": EnvConfig, "agent": AgentConfig, "train": TrainConfig}
 
 
@@ -308,7 +309,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     cfg = ExperimentConfig()
     if path is not None:
         raw = load_yaml(path)
-        raw.pop("search", None)  # a sweep file may carry its search space; single runs ignore it
+        for key in SWEEP_KEYS:  # a sweep file carries its search space and sweep settings; single runs ignore them
+            raw.pop(key, None)
         cfg = build_config(raw, base=cfg, source=str(path))
     if overrides:
         cfg = build_config(overrides, base=cfg, source="command line")

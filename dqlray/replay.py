@@ -87,8 +87,9 @@ class ReplayBuffer:
         """Everything needed to continue exactly: arrays (optional), pointers, sizes, generator states."""
         out: dict[str, Any] = {"ptr": self.ptr.copy(), "size": self.size.copy(),
                                "rngs": [r.bit_generator.state for r in self.rngs]}
-        if include_data:
-            out["arrays"] = {k: v.copy() for k, v in self.arrays.items()}
+        if include_data:  # only the filled part: a young run's checkpoint does not carry an empty buffer
+            n = int(self.size.max())
+            out["arrays"] = {k: v[:, :n].copy() for k, v in self.arrays.items()}
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -97,7 +98,7 @@ class ReplayBuffer:
             r.bit_generator.state = s
         if "arrays" in state:
             for k, v in state["arrays"].items():
-                self.arrays[k][...] = v
+                self.arrays[k][:, : v.shape[1]] = v
             self.ptr[...] = state["ptr"]
             self.size[...] = state["size"]
         else:

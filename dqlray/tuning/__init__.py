@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps with Ray Tune: sweep files, the trainable adapter, the driver and result tables."""

@@ -1,0 +1,142 @@
+"""``tune_main.py`` (the sweep) and ``dqlray consolidate`` (one table of finished experiments)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dqlray.cli import EXIT_USAGE, _flag, _Parser
+from dqlray.errors import ConfigError, DqlrayError
+
+DEFAULT_SWEEP_FILE = "configs/sweep.yaml"
+
+
+def build_tune_parser() -> argparse.ArgumentParser:
+    """Arguments of ``tune_main.py``."""
+    p = _Parser(prog="tune_main.py", description="Ray Tune sweep of DQN trading agents (ASHA + Optuna).")
+    _flag(p, "config", default=DEFAULT_SWEEP_FILE, help=f"sweep YAML (default {DEFAULT_SWEEP_FILE})")
+    _flag(p, "num_samples", type=int, default=None, help="trials for optuna/random search")
+    p.add_argument("--search", choices=("optuna", "random", "grid"), default=None,
+                   help="optuna (default), random, or grid (the guide's 27 points, each once)")
+    _flag(p, "data_file", default=None, help="price file (overrides data.data_file)")
+    _flag(p, "episodes", type=int, default=None, help="full budget per trial in episodes (ASHA's max_t)")
+    _flag(p, "agent_type", default=None, help="fix the agent type for every trial")
+    _flag(p, "num_seeds", type=int, default=None, help="seeds per trial, trained in lockstep")
+    _flag(p, "experiment_name", default=None, help="experiment folder name (default: the config file's stem)")
+    _flag(p, "storage_path", default=os.environ.get("DQLRAY_STORAGE", "results"),
+          help="where experiments are stored; a shared filesystem on clusters")
+    p.add_argument("--address", default=None, help="join a running Ray cluster (or set RAY_ADDRESS)")
+    _flag(p, "cpus_per_trial", type=float, default=None)
+    _flag(p, "gpus_per_trial", type=float, default=None, help="e.g. 0.25: four trials share a GPU")
+    _flag(p, "max_concurrent", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the search algorithm")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted experiment of that name")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    _flag(p, "telegram_token", default=None, help="DISCOURAGED: visible to other users; use TELEGRAM_BOT_TOKEN")
+    _flag(p, "telegram_chat_id", default=None)
+    return p
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep; exit 0 complete, 75 stopped with state saved, 2 bad input, 1 failure."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_tune_parser().parse_args(argv)
+        return _run(args)
+    except DqlrayError as e:
+        print(f"tune_main.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as e:
+        print(f"tune_main.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dqlray.tuning.space import parse_sweep_file
+    from dqlray.tuning.sweep import SweepRun, run_sweep
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, sec, fld in (("data_file", "data", "data_file"), ("episodes", "train", "episodes"),
+                           ("agent_type", "agent", "agent_type"), ("num_seeds", "train", "num_seeds")):
+        v = getattr(args, flag)
+        if v is not None:
+            overrides.setdefault(sec, {})[fld] = v
+    sweep_over = {"num_samples": args.num_samples, "search": args.search, "cpus_per_trial": args.cpus_per_trial,
+                  "gpus_per_trial": args.gpus_per_trial, "max_concurrent": args.max_concurrent, "seed": args.seed}
+    sf = parse_sweep_file(args.config, overrides, sweep_over)
+    if args.agent_type is not None:  # a fixed agent type is not searched
+        sf = type(sf)(base=sf.base, search={k: v for k, v in sf.search.items() if k != "agent.agent_type"},
+                      grid=sf.grid, sweep=sf.sweep, source=sf.source)
+    name = args.experiment_name or Path(args.config).stem
+    if "/" in name or not name:
+        raise ConfigError(f"--experiment-name {name!r}: a non-empty name without '/'")
+    notify = None
+    try:
+        from dqlray.notify import load_notify_config
+
+        notify = load_notify_config(token=args.telegram_token, chat_id=args.telegram_chat_id)
+    except ImportError:  # pragma: no cover
+        pass
+    run = SweepRun(sweep_file=sf, experiment_name=name, storage_path=args.storage_path, address=args.address,
+                   resume=args.resume, dashboard=not args.no_dashboard, notify=notify)
+    return run_sweep(run)
+
+
+def consolidate(results_dir: str | Path) -> pd.DataFrame:
+    """One row per finished experiment under ``results_dir``: single runs (eval.json) and sweeps (summary.json)."""
+    rows = []
+    root = Path(results_dir)
+    for ev_path in sorted(root.glob("*/eval.json")):
+        ev = json.loads(ev_path.read_text())
+        meta_p = ev_path.parent / "meta.json"
+        meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
+        rows.append(_row(ev_path.parent.name, "single", ev, meta.get("data_hash"), None))
+    for s_path in sorted(root.glob("*/summary.json")):
+        s = json.loads(s_path.read_text())
+        rows.append(_row(s_path.parent.name, "sweep", s["test"], s.get("data_hash"), s.get("deflated_sharpe")))
+    return pd.DataFrame(rows)
+
+
+def _row(name: str, kind: str, ev: dict, dhash: str | None, dsr: dict | None) -> dict[str, Any]:
+    summ = ev["agent"]["summary"]
+    row = {"experiment": name, "kind": kind, "seeds": len(ev.get("seeds", [])), "data_hash": dhash,
+           "costs_bps": ev.get("costs_bps")}
+    for k in ("sharpe", "total_return", "max_drawdown", "sortino", "num_trades"):
+        row[f"test_{k}"] = summ[k]["mean"]
+        row[f"test_{k}_sd"] = summ[k]["std"]
+    bh = ev["baselines"].get("buy_and_hold", {})
+    row["bh_sharpe"] = bh.get("sharpe")
+    row["bh_total_return"] = bh.get("total_return")
+    row["deflated_sharpe"] = dsr.get("dsr") if dsr else None
+    return row
+
+
+def add_consolidate_parser(sub: Any) -> None:
+    """Register ``dqlray consolidate``."""
+    sp = sub.add_parser("consolidate", help="gather finished runs and sweeps into one table (CSV)")
+    sp.add_argument("--results_dir", "--results-dir", default="results")
+    sp.add_argument("--out", default=None, help="CSV path (default <results_dir>/consolidated.csv)")
+    sp.set_defaults(func=_cmd_consolidate)
+
+
+def _cmd_consolidate(args: argparse.Namespace) -> int:
+    from dqlray.runinfo import atomic_write_text
+
+    df = consolidate(args.results_dir)
+    if df.empty:
+        raise DqlrayError(f"{args.results_dir}: no finished experiment (eval.json or summary.json) found")
+    out = args.out or str(Path(args.results_dir) / "consolidated.csv")
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    atomic_write_text(out, buf.getvalue())
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {out}")
+    return 0

@@ -1,0 +1,178 @@
+"""Sweep files: base overrides, the search space, the guide's grid, and the sweep's own settings.
+
+A sweep YAML has the single-run sections (``data``, ``env``, ``agent``, ``train``: overrides applied to every trial),
+``search`` (``section.field: {loguniform|uniform|randint: [low, high]}`` or ``{choice: [...]}``), ``grid``
+(``section.field: [values]``, run by ``--search grid``, each point once) and ``sweep`` (:class:`SweepConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dqlray.config import SECTIONS, ExperimentConfig, build_config, field_index, flat_to_nested, load_yaml
+from dqlray.errors import ConfigError
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """How Ray Tune runs the sweep."""
+
+    search: str = "optuna"
+    """``optuna`` (TPE, the default), ``random``, or ``grid`` (the file's grid, each point once)."""
+    num_samples: int = 27
+    """Trials sampled by optuna or random search (grid ignores it)."""
+    metric: str = "val_sharpe"
+    """What the search and ASHA maximise: the validation Sharpe, mean over each trial's seeds."""
+    grace_period: int = 3
+    """ASHA: episodes every trial runs before it can be stopped."""
+    reduction_factor: int = 3
+    """ASHA: keep the top 1/reduction_factor of trials at each rung."""
+    cpus_per_trial: float = 1.0
+    """CPUs reserved for one trial."""
+    gpus_per_trial: float = 0.0
+    """GPU share of one trial (e.g. 0.25: four trials per GPU); needs GPUs in the cluster."""
+    max_concurrent: int | None = None
+    """Trials at once; None follows the cluster's resources."""
+    max_failures: int = 2
+    """Times a crashed trial is retried from its last checkpoint."""
+    seed: int = 0
+    """Seed of the search algorithm."""
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"sweep.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        check(self.search in ("optuna", "random", "grid"), "search", "optuna, random or grid")
+        check(self.num_samples >= 1, "num_samples", "an integer >= 1")
+        check(self.metric in ("val_sharpe", "val_return"), "metric", "val_sharpe or val_return")
+        check(self.grace_period >= 1, "grace_period", "an integer >= 1")
+        check(self.reduction_factor >= 2, "reduction_factor", "an integer >= 2")
+        check(self.cpus_per_trial > 0, "cpus_per_trial", "a number > 0")
+        check(self.gpus_per_trial >= 0, "gpus_per_trial", "a number >= 0")
+        check(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", "null or an integer >= 1")
+        check(self.max_failures >= 0, "max_failures", "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """A parsed sweep file."""
+
+    base: ExperimentConfig
+    search: dict[str, dict[str, Any]]
+    grid: dict[str, list[Any]]
+    sweep: SweepConfig
+    source: str
+
+
+def _check_key(key: str, source: str, section: str) -> None:
+    index = field_index()
+    if "." not in key or key.split(".", 1)[0] not in SECTIONS or key.split(".", 1)[1] not in index \
+            or index[key.split(".", 1)[1]] != key.split(".", 1)[0]:
+        raise ConfigError(f"{source}: {section} key {key!r} is not a config field (use section.field, e.g. "
+                          "agent.learning_rate)")
+
+
+def parse_sweep_file(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None,
+                     sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
+    """Read a sweep YAML; ``overrides`` apply to the base config, ``sweep_overrides`` to the sweep settings."""
+    src = str(path)
+    raw = load_yaml(path)
+    unknown = set(raw) - set(SECTIONS) - {"search", "grid", "sweep"}
+    if unknown:
+        raise ConfigError(f"{src}: unknown section(s) {', '.join(sorted(unknown))}; allowed: "
+                          f"{', '.join([*SECTIONS, 'search', 'grid', 'sweep'])}")
+    base = build_config({k: v for k, v in raw.items() if k in SECTIONS}, source=src)
+    if overrides:
+        base = build_config(overrides, base=base, source="command line")
+    search = raw.get("search") or {}
+    for key, spec in search.items():
+        _check_key(key, src, "search")
+        if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
+            raise ConfigError(f"{src}: search.{key} must be one of {{loguniform|uniform|randint: [low, high]}} or "
+                              "{choice: [values]}")
+        kind, args = next(iter(spec.items()))
+        if kind != "choice" and not (isinstance(args, list) and len(args) == 2 and args[0] < args[1]):
+            raise ConfigError(f"{src}: search.{key}: {kind} needs [low, high] with low < high, got {args!r}")
+        if kind == "choice" and not (isinstance(args, list) and args):
+            raise ConfigError(f"{src}: search.{key}: choice needs a non-empty list")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ConfigError(f"{src}: search.{key}: loguniform needs low > 0, got {args[0]}")
+    grid = raw.get("grid") or {}
+    for key, values in grid.items():
+        _check_key(key, src, "grid")
+        if not (isinstance(values, list) and values):
+            raise ConfigError(f"{src}: grid.{key} must be a non-empty list of values")
+    sweep_raw = dict(raw.get("sweep") or {})
+    sweep_raw.update({k: v for k, v in (sweep_overrides or {}).items() if v is not None})
+    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    bad = set(sweep_raw) - fields
+    if bad:
+        raise ConfigError(f"{src}: unknown key sweep.{sorted(bad)[0]}; allowed: {', '.join(sorted(fields))}")
+    try:
+        sweep = SweepConfig(**sweep_raw)
+    except TypeError as e:
+        raise ConfigError(f"{src}: sweep: {e}") from None
+    if sweep.search == "grid" and not grid:
+        raise ConfigError(f"{src}: --search grid needs a grid section")
+    if sweep.search != "grid" and not search:
+        raise ConfigError(f"{src}: --search {sweep.search} needs a search section")
+    # every sampled value must make a valid config: check the bounds now, not in trial 14
+    for key, spec in search.items():
+        kind, args = next(iter(spec.items()))
+        for v in (args if kind == "choice" else args):
+            base.replace(flat_to_nested({key: v}), source=f"{src}: search.{key}")
+    for key, values in grid.items():
+        for v in values:
+            base.replace(flat_to_nested({key: v}), source=f"{src}: grid.{key}")
+    return SweepFile(base=base, search=search, grid=grid, sweep=sweep, source=src)
+
+
+def encode(value: Any) -> Any:
+    """Choices Optuna cannot hold (lists such as hidden layer sizes) travel as JSON strings."""
+    return json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+
+def decode(value: Any) -> Any:
+    """Undo :func:`encode`."""
+    if isinstance(value, str) and value.startswith("["):
+        return json.loads(value)
+    return value
+
+
+def tune_space(sf: SweepFile) -> dict[str, Any]:
+    """The Ray Tune ``param_space`` for the file's search method."""
+    from ray import tune
+
+    if sf.sweep.search == "grid":
+        return {k: tune.grid_search([encode(v) for v in vals]) for k, vals in sf.grid.items()}
+    out: dict[str, Any] = {}
+    for key, spec in sf.search.items():
+        kind, args = next(iter(spec.items()))
+        if kind == "loguniform":
+            out[key] = tune.loguniform(float(args[0]), float(args[1]))
+        elif kind == "uniform":
+            out[key] = tune.uniform(float(args[0]), float(args[1]))
+        elif kind == "randint":
+            out[key] = tune.randint(int(args[0]), int(args[1]) + 1)
+        else:
+            out[key] = tune.choice([encode(v) for v in args])
+    return out
+
+
+def trial_config(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+    """A trial's full config: the sweep's base with the sampled ``section.field`` values applied."""
+    return base.replace(flat_to_nested({k: decode(v) for k, v in params.items()}), source="trial")
+
+
+def space_summary(sf: SweepFile) -> dict[str, str]:
+    """One line per searched field, for logs and notifications."""
+    if sf.sweep.search == "grid":
+        return {k: "grid " + ", ".join(map(str, v)) for k, v in sf.grid.items()}
+    return {k: f"{next(iter(s))} {next(iter(s.values()))}" for k, s in sf.search.items()}

@@ -1,0 +1,71 @@
+"""The Ray Tune trainable: a thin adapter around :func:`dqlray.trainer.train`.
+
+Price data arrive once through ``tune.with_parameters`` (stored in the object store, not pickled into every trial's
+config). Each episode's metrics are reported with ``tune.report``; checkpoints ride along on the episodes where the
+trainer writes one, and a restarted trial (after a crash, or a resumed sweep) continues from ``tune.get_checkpoint()``.
+The function keeps no state between calls, so Tune can reuse its actor for the next trial.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dqlray.config import ExperimentConfig
+from dqlray.data import OHLCV
+from dqlray.trainer import train
+from dqlray.tuning.space import trial_config
+
+# Test hook: "DIR:EPISODE" makes the first trial to reach EPISODE raise once (the marker DIR/failed records it), so
+# tests can prove that a crashed trial is retried from its checkpoint. Unset in real use.
+FAIL_ONCE_ENV = "DQLRAY_FAIL_ONCE"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test hook."""
+
+
+def _maybe_fail(episode: int) -> None:
+    spec = os.environ.get(FAIL_ONCE_ENV)
+    if not spec:
+        return
+    marker_dir, at = spec.rsplit(":", 1)
+    if episode != int(at):
+        return
+    try:
+        fd = os.open(Path(marker_dir) / "failed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise InjectedFailure(f"injected failure at episode {episode} ({FAIL_ONCE_ENV})")
+
+
+def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig) -> None:
+    """Train one trial's config (``base`` + sampled ``params``) and report every episode to Tune."""
+    from ray import tune
+
+    cfg = trial_config(base, params)
+    cfg = cfg.replace({"train": {"keep_checkpoints": 1}})  # Tune keeps the persisted copies
+    work = Path(tempfile.mkdtemp(prefix="dqlray-trial-"))
+    try:
+        resume_from = None
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            resume_from = Path(restored.to_directory(str(work / "restored")))
+
+        def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
+            clean = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in metrics.items()}
+            clean = {k: v for k, v in clean.items() if v is not None}
+            if checkpoint is not None:
+                tune.report(clean, checkpoint=tune.Checkpoint.from_directory(checkpoint))
+            else:
+                tune.report(clean)
+            _maybe_fail(int(metrics["episodes"]))
+
+        train(cfg, data, report=report, checkpoint_dir=work / "checkpoints", resume_from=resume_from, progress=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
