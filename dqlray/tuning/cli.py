@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.agent_type is not None:  # a fixed agent type is not searched
         sf = type(sf)(base=sf.base, search={k: v for k, v in sf.search.items() if k != "agent.agent_type"},
                       grid=sf.grid, sweep=sf.sweep, source=sf.source)
-    name = args.experiment_name or Path(args.config).stem
+    name = args.experiment_name or f"{Path(args.config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume and not args.experiment_name:
+        raise ConfigError("--resume needs --experiment-name (the folder name under --storage-path)")
     if "/" in name or not name:
         raise ConfigError(f"--experiment-name {name!r}: a non-empty name without '/'")
     notify = None

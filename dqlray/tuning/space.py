@@ -27,6 +27,8 @@ class SweepConfig:
     """``optuna`` (TPE, the default), ``random``, or ``grid`` (the file's grid, each point once)."""
     num_samples: int = 27
     """Trials sampled by optuna or random search (grid ignores it)."""
+    scheduler: str = "asha"
+    """``asha`` (early stopping) or ``none`` (every trial runs its full budget; for comparisons)."""
     metric: str = "val_sharpe"
     """What the search and ASHA maximise: the validation Sharpe, mean over each trial's seeds."""
     grace_period: int = 3
@@ -51,6 +53,7 @@ class SweepConfig:
 
         check(self.search in ("optuna", "random", "grid"), "search", "optuna, random or grid")
         check(self.num_samples >= 1, "num_samples", "an integer >= 1")
+        check(self.scheduler in ("asha", "none"), "scheduler", "asha or none")
         check(self.metric in ("val_sharpe", "val_return"), "metric", "val_sharpe or val_return")
         check(self.grace_period >= 1, "grace_period", "an integer >= 1")
         check(self.reduction_factor >= 2, "reduction_factor", "an integer >= 2")

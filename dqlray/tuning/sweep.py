@@ -89,8 +89,10 @@ def _build_tuner(run: SweepRun, data: OHLCV, resources: dict[str, float], callba
     if sw.gpus_per_trial > 0:
         auto = min(auto, max(1, int(resources.get("GPU", 0) / sw.gpus_per_trial)))
     concurrent = sw.max_concurrent or auto
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=base.train.episodes, grace_period=sw.grace_period,
-                              reduction_factor=sw.reduction_factor)
+    scheduler = None
+    if sw.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=base.train.episodes, grace_period=sw.grace_period,
+                                  reduction_factor=sw.reduction_factor)
     space = tune_space(sf)
     if sw.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
