@@ -276,7 +276,8 @@ def run_sweep(run: SweepRun, out: Any = print) -> int:
 
             callbacks.append(TelegramTuneCallback(
                 run.notify, experiment=run.experiment_name, metric=sf.sweep.metric, mode="max",
-                num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes))
+                num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes,
+                time_attr=TIME_ATTR))
             sweep_notifier = SweepNotifier(run.notify, experiment=run.experiment_name)
         tuner, trainable = _build_tuner(run, data, resources, callbacks)
         if run.resume:

@@ -1,0 +1,54 @@
+"""Telegram notifications that never hurt training (issue 5).
+
+High-level API::
+
+    from dqlray.notify import RunNotifier, SweepNotifier, NotifyConfig, load_notify_config
+    cfg = load_notify_config()                      # None when nothing is configured: every call is a no-op
+    rn = RunNotifier(cfg, experiment="hp_sweep_lr0.001_g0.99")
+    rn.start(agent_type="dqn", episodes=20, data_file="data/test_small.csv")
+    ...
+    rn.close(deadline_s=10)
+
+``TelegramTuneCallback`` (imported lazily: it needs Ray) keeps one live dashboard for a Tune sweep.
+Command line: ``dqlray notify test`` and ``dqlray notify relay`` (:func:`dqlray.notify.cli.add_notify_parser`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dqlray.notify.credentials import (
+    CommandLineSecretWarning,
+    NotifyConfig,
+    NotifyConfigError,
+    SmtpConfig,
+    load_notify_config,
+)
+from dqlray.notify.redact import redact
+from dqlray.notify.run import RunNotifier, SweepNotifier
+from dqlray.notify.sender import Notifier
+
+if TYPE_CHECKING:
+    from dqlray.notify.tune_callback import TelegramTuneCallback
+
+__all__ = [
+    "CommandLineSecretWarning",
+    "NotifyConfig",
+    "NotifyConfigError",
+    "Notifier",
+    "RunNotifier",
+    "SmtpConfig",
+    "SweepNotifier",
+    "TelegramTuneCallback",
+    "load_notify_config",
+    "redact",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing Ray takes seconds, and `dqlray notify test` or a single run does not need it.
+    if name == "TelegramTuneCallback":
+        from dqlray.notify.tune_callback import TelegramTuneCallback
+
+        return TelegramTuneCallback
+    raise AttributeError(f"module 'dqlray.notify' has no attribute {name!r}")

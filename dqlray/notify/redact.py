@@ -1,0 +1,85 @@
+"""The one redaction function for notification secrets.
+
+A Telegram bot token sits in the request path (``/bot<TOKEN>/sendMessage``), so requests/urllib3 exception texts
+(``Max retries exceeded with url: /bot123:ABC.../sendMessage``) and urllib3's DEBUG log lines carry it. Everything
+this package writes (log records, exception texts, spool files, fallback emails, command output) goes through
+:func:`redact` first. ``shared/notes/telegram.md`` (security checklist) is the source of this rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+#: A Telegram bot token: numeric bot id, colon, at least 30 URL-safe characters.
+TOKEN_PATTERN = re.compile(r"\d+:[A-Za-z0-9_-]{30,}")
+
+#: What a secret is replaced by.
+MASK = "<redacted>"
+
+#: Loggers that print request URLs (and so the token) at DEBUG level.
+URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests")
+
+
+def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
+    """Return ``str(text)`` with every bot-token-shaped string and every literal secret replaced by ``<redacted>``.
+
+    ``secrets`` are matched literally (a self-hosted Bot API server may use tokens of another shape, and an SMTP
+    password has no shape at all); empty or very short values are ignored so that redaction cannot mangle ordinary
+    text.
+    """
+    out = str(text)
+    # Longest first, so that a secret containing another one is masked whole.
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        out = out.replace(secret, MASK)
+    return TOKEN_PATTERN.sub(MASK, out)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message through :func:`redact`.
+
+    The message is rendered once (``msg % args``) and the arguments dropped, so a handler cannot re-render the
+    secret from ``record.args``; exception text is rendered and redacted too.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__()
+        self._secrets: set[str] = {s for s in secrets if s}
+
+    def add_secret(self, secret: str | None) -> None:
+        """Also mask ``secret`` literally from now on."""
+        if secret:
+            self._secrets.add(secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; never drops it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: keep its raw parts, still redacted
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message, self._secrets)
+        record.args = None
+        if record.exc_info and record.exc_info[0] is not None:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(formatted, self._secrets)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text, self._secrets)
+        return True
+
+
+def install_log_redaction(secrets: Iterable[str | None] = (), loggers: Iterable[str] = URL_LOGGERS) -> None:
+    """Attach one :class:`RedactingFilter` to each logger in ``loggers`` (idempotent; adds ``secrets`` to it).
+
+    A logger's filters only see records created on that logger, so the filter goes on the loggers that print
+    request URLs (urllib3's) and on this package's own loggers, not on the root logger.
+    """
+    for name in loggers:
+        logger = logging.getLogger(name)
+        existing = next((f for f in logger.filters if isinstance(f, RedactingFilter)), None)
+        if existing is None:
+            existing = RedactingFilter()
+            logger.addFilter(existing)
+        for secret in secrets:
+            existing.add_secret(secret)

@@ -1,0 +1,285 @@
+"""The Tune callback: driven directly with simple trial objects, and once inside a real local Ray Tune run."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_telegram import FakeTelegram, make_fake_token
+
+from dqlray.notify import NotifyConfig
+from dqlray.notify.tune_callback import TelegramTuneCallback
+
+CHAT = "4242"
+EXPERIMENT = "hp_sweep_lr0.001_g0.99"
+MAX_T = 1000
+
+
+@dataclass
+class FakeTrial:
+    """What the callback reads from a Tune trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any] = field(default_factory=dict)
+    error_msg: str | None = None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def token():
+    return make_fake_token()
+
+
+@pytest.fixture
+def tg(token):
+    with FakeTelegram(token, chats=[CHAT]) as server:
+        yield server
+
+
+def make_cfg(tg, tmp_path, **kw) -> NotifyConfig:
+    kw.setdefault("min_interval_s", 0.0)
+    kw.setdefault("read_timeout_s", 2.0)
+    return NotifyConfig(token=tg.token, chat_id=CHAT, api_base=tg.url, spool_dir=tmp_path / "spool", **kw)
+
+
+def make_trials(n: int) -> list[FakeTrial]:
+    return [FakeTrial(f"a1b2c_{i:05d}", {"lr": 10 ** -(2 + i % 3), "gamma": 0.99, "data": "/home/me/x.csv"})
+            for i in range(n)]
+
+
+def report(cb: TelegramTuneCallback, trials: list[FakeTrial], trial: FakeTrial, step: int, sharpe: float) -> None:
+    result = {"val_sharpe": sharpe, "val_sharpe_std": 0.1, "val_return": sharpe / 10, "env_steps": step,
+              "episodes": step // 100, "training_iteration": step // 100, "loss": 0.01, "epsilon": 0.1}
+    trial.last_result = result
+    cb.on_trial_result(iteration=0, trials=trials, trial=trial, result=result)
+
+
+def flush(cb: TelegramTuneCallback) -> None:
+    assert cb._notifier is not None and cb._notifier.flush(10.0)
+
+
+def test_dashboard_is_one_message_edited_across_many_results(tg, tmp_path):
+    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, max_t=MAX_T, edit_interval_s=0.0,
+                              space_summary={"lr": "loguniform(1e-4, 1e-2)", "gamma": "[0.95, 0.99]"},
+                              resources={"nodes": 2, "CPU": 32})
+    trials = make_trials(4)
+    cb.setup(total_num_samples=4)
+    for trial in trials:
+        cb.on_trial_start(iteration=0, trials=trials, trial=trial)
+    for step in range(100, 1001, 100):
+        for i, trial in enumerate(trials):
+            if i == 3 and step > 200:
+                continue  # stopped by ASHA at 200 steps
+            report(cb, trials, trial, step, sharpe=0.1 * i + step / 1000)
+            flush(cb)  # let each update reach the server, so edits (not coalescing) are what is tested
+    cb.on_trial_complete(iteration=0, trials=trials, trial=trials[3])
+    for trial in trials[:2]:
+        cb.on_trial_complete(iteration=0, trials=trials, trial=trial)
+    cb.on_experiment_end(trials=trials)
+
+    start, dashboard = tg.messages
+    assert start["plain"].startswith(f"🚀 Sweep started · {EXPERIMENT}") and not start["silent"]
+    assert "lr: loguniform(1e-4, 1e-2)" in start["plain"] and "2 nodes, 32 CPU" in start["plain"]
+    assert dashboard["silent"] and len(dashboard["edits"]) >= 20
+    assert 400 not in tg.statuses()
+    final = dashboard["plain"]
+    assert "▶ running 1 · ✓ finished 2 · ✂ stopped by ASHA 1 · ✗ errored 0 · … pending 0" in final
+    assert "a1b2c_00002" in final.split("Top 4")[1].splitlines()[2]  # best trial first
+    assert "/home/me" not in final  # config summaries leave paths out
+
+
+def test_dashboard_edits_are_throttled_to_the_interval(tg, tmp_path):
+    clock = Clock()
+    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=30.0, clock=clock)
+    trials = make_trials(3)
+    cb.setup(total_num_samples=3)
+    for k in range(100):  # 100 results within 29 s: one dashboard send
+        clock.t += 0.29
+        report(cb, trials, trials[k % 3], 100 + k, sharpe=k / 100)
+        cb.on_step_end(iteration=k, trials=trials)
+    flush(cb)
+    assert len(tg.messages) == 2 and tg.edits == []
+    clock.t += 1.5  # just over 30 s after the first dashboard (sent at +0.29 s)
+    cb.on_step_end(iteration=101, trials=trials)
+    flush(cb)
+    assert len(tg.edits) == 1
+    cb._notifier.close(1.0)
+
+
+def test_errored_trials_are_digested_into_one_message_per_burst(tg, tmp_path):
+    clock = Clock()
+    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, error_digest_s=60.0,
+                              edit_interval_s=1e6, clock=clock)
+    trials = make_trials(8)
+    cb.setup(total_num_samples=8)
+    for i, trial in enumerate(trials[:5]):
+        clock.t += 2
+        trial.error_msg = f"Traceback (most recent call last):\n  File \"t.py\"\nValueError: NaN loss in trial {i}"
+        cb.on_trial_error(iteration=i, trials=trials, trial=trial)
+    flush(cb)
+    assert not any("errored ·" in t.split("\n")[0] for t in tg.texts())  # still collecting the burst
+    clock.t += 60
+    cb.on_step_end(iteration=9, trials=trials)
+    flush(cb)
+    [digest] = [m for m in tg.messages if "errored" in m["plain"].split("\n")[0]]
+    assert digest["plain"].startswith(f"❌ 5 trials errored · {EXPERIMENT}") and not digest["silent"]
+    assert all(f"a1b2c_{i:05d}" in digest["plain"] and f"NaN loss in trial {i}" in digest["plain"]
+               for i in range(5))
+    trials[5].error_msg = "RuntimeError: CUDA out of memory"
+    cb.on_trial_error(iteration=10, trials=trials, trial=trials[5])
+    clock.t += 61
+    cb.on_step_end(iteration=11, trials=trials)
+    cb.on_experiment_end(trials=trials)
+    digests = [t for t in tg.texts() if "errored ·" in t.split("\n")[0]]
+    assert len(digests) == 2 and digests[1].startswith("❌ 1 trial errored") and "Errored so far: 6" in digests[1]
+
+
+def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_path, monkeypatch):
+    cfg = make_cfg(tg, tmp_path)
+    cb = TelegramTuneCallback(cfg, experiment=EXPERIMENT, edit_interval_s=0.0, error_digest_s=0.0, max_t=MAX_T)
+    trials = make_trials(3)
+    cb.setup(total_num_samples=3)
+    report(cb, trials, trials[0], 100, 0.5)
+    trials[1].error_msg = "ValueError: bad gamma"
+    cb.on_trial_error(iteration=1, trials=trials, trial=trials[1])
+    flush(cb)
+    state = cb.get_state()
+    dashboard_id = state["dashboard_message_id"]
+    assert dashboard_id is not None and state["start_sent"] and state["errors_reported"] == ["a1b2c_00001"]
+    pickled = pickle.dumps(cb)  # what Tune writes to tuner.pkl
+    assert tg.token.encode() not in pickled and tg.token.split(":")[1].encode() not in pickled
+    assert tg.token.encode() not in pickle.dumps(state)
+    cb._notifier.close(1.0)
+    sent_before = len(tg.messages)
+
+    # The driver dies; `Tuner.restore` unpickles the callback and calls set_state() before setup().
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", tg.token)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT)
+    monkeypatch.setenv("DQLRAY_TELEGRAM_API_BASE", tg.url)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("DQLRAY_NOTIFY_SPOOL", str(tmp_path / "spool"))
+    monkeypatch.delenv("DQLRAY_NOTIFY_CONFIG", raising=False)
+    restored = pickle.loads(pickled)
+    assert restored._cfg is None and restored._notifier is None
+    restored.set_state(state)
+    restored.setup(total_num_samples=3)
+    report(restored, trials, trials[0], 200, 0.7)
+    report(restored, trials, trials[2], 100, 0.2)
+    restored.on_trial_error(iteration=2, trials=trials, trial=trials[1])  # reported before the restore
+    restored.on_experiment_end(trials=trials)
+
+    assert len(tg.messages) == sent_before  # no second start, dashboard or error message
+    edits_after = [e for e in tg.edits if e["t"] > tg.messages[-1]["t"]]
+    assert edits_after and {e["message_id"] for e in edits_after} == {dashboard_id}
+    assert "0.7" in next(m for m in tg.messages if m["message_id"] == dashboard_id)["plain"]
+
+
+def test_callback_pickles_without_secrets_or_threads(tg, tmp_path):
+    import ray.cloudpickle as cloudpickle
+
+    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
+    cb.setup(total_num_samples=1)
+    report(cb, [], FakeTrial("t1", {"lr": 0.1}), 100, 0.3)
+    flush(cb)
+    for dump in (pickle.dumps, cloudpickle.dumps):
+        data = dump(cb)
+        assert tg.token.encode() not in data and tg.token.split(":")[1].encode() not in data
+        clone = pickle.loads(data)
+        assert clone._notifier is None and clone.get_state()["start_sent"]
+    cb._notifier.close(1.0)
+
+
+def test_a_27_trial_sweep_stays_under_telegram_limits(token, tmp_path):
+    """Scaled down in time: the governor spaces messages 0.25 s (real: 1 s), the dashboard interval is 0.5 s (30 s),
+    and the server answers 429 to anything closer than 0.1 s per chat (slack for loopback jitter). The exact 1/s and
+    20/min pacing is checked with a fake clock in test_notify_sender.py."""
+    with FakeTelegram(token, chats=[CHAT], min_interval_s=0.1) as tg:
+        cb = TelegramTuneCallback(make_cfg(tg, tmp_path, min_interval_s=0.25), experiment=EXPERIMENT, max_t=MAX_T,
+                                  edit_interval_s=0.5, error_digest_s=0.3, num_samples=27)
+        trials = make_trials(27)
+        cb.setup(total_num_samples=27)
+        t0 = time.monotonic()
+        for step in range(100, 1001, 100):
+            for i, trial in enumerate(trials):
+                if step == 100:
+                    cb.on_trial_start(iteration=0, trials=trials, trial=trial)
+                if i < 3 and step == 300:
+                    trial.error_msg = "ValueError: diverged"
+                    cb.on_trial_error(iteration=0, trials=trials, trial=trial)
+                elif i >= 3 and (step <= 300 or i % 3 == 0):
+                    report(cb, trials, trial, step, sharpe=i / 27 + step / 1e4)
+                    if step == 300 and i % 3:
+                        cb.on_trial_complete(iteration=0, trials=trials, trial=trial)  # ASHA stop
+            cb.on_step_end(iteration=step, trials=trials)
+            time.sleep(0.15)
+        for trial in trials[3::3]:
+            cb.on_trial_complete(iteration=0, trials=trials, trial=trial)
+        cb.on_experiment_end(trials=trials)
+        elapsed = time.monotonic() - t0
+        assert 429 not in tg.statuses()
+        times = sorted(r["t"] for r in tg.requests if r["status"] == 200)
+        assert len(times) >= 5 and all(b - a >= 0.1 for a, b in zip(times, times[1:], strict=False))
+        # start + one dashboard + one error digest; edits at most one per interval
+        assert len(tg.messages) == 3
+        assert len(tg.edits) <= elapsed / 0.5 + 2
+        final = tg.messages[1]["plain"]
+        assert "✓ finished 8 · ✂ stopped by ASHA 16 · ✗ errored 3 · … pending 0" in final
+
+
+def test_real_ray_tune_run_with_asha_sends_start_and_edits_one_dashboard(tg, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
+    def trainable(config):
+        for i in range(1, 5):
+            tune.report({"val_sharpe": config["lr"] * i, "val_sharpe_std": 0.01, "val_return": 0.01 * i,
+                         "env_steps": 100 * i, "episodes": i, "loss": 0.1, "epsilon": 0.5})
+
+    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, max_t=400, edit_interval_s=0.0,
+                              space_summary={"lr": "grid [0.1, 0.2, 0.3]"})
+    owns_ray = not ray.is_initialized()  # another test may have started Ray in this process
+    if owns_ray:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"lr": tune.grid_search([0.1, 0.2, 0.3])},
+            tune_config=tune.TuneConfig(
+                metric="val_sharpe", mode="max", reuse_actors=True,
+                scheduler=ASHAScheduler(time_attr="env_steps", max_t=400, grace_period=100, reduction_factor=2)),
+            run_config=tune.RunConfig(name="notify_test", storage_path=str(tmp_path / "ray"), callbacks=[cb],
+                                      verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    assert not results.errors
+    start, dashboard = tg.messages
+    assert start["plain"].startswith(f"🚀 Sweep started · {EXPERIMENT}")
+    assert "Trials: 3" in start["plain"] and "CPU" in start["plain"]
+    assert dashboard["plain"].startswith(f"📊 Sweep finished (trials) · {EXPERIMENT}")
+    assert len(dashboard["edits"]) >= 1
+    assert "✗ errored 0 · … pending 0" in dashboard["plain"] and "▶ running 0" in dashboard["plain"]
+    assert 400 not in tg.statuses()
+    # Tune pickled the callback (tuner.pkl) and its state (callback-states-*.pkl): no token there.
+    pickles = list(Path(tmp_path / "ray").rglob("*.pkl"))
+    names = {p.name for p in pickles}
+    assert "tuner.pkl" in names and any(n.startswith("callback-states-") for n in names), names
+    for path in pickles:
+        assert tg.token.split(":")[1].encode() not in path.read_bytes(), path
