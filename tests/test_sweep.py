@@ -28,9 +28,10 @@ SWEEP = {
 }
 
 
-def write_sweep(tmp_path, **sweep):
+def write_sweep(tmp_path, train=None, **sweep):
     cfg = json.loads(json.dumps(SWEEP))
     cfg["sweep"].update(sweep)
+    cfg["train"].update(train or {})
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -135,3 +136,25 @@ def test_bad_sweep_file_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"tune_main.py: error: {cfg}: search key 'agent.gama' is not a config field "
                                    "(use section.field, e.g. agent.learning_rate)")
+
+
+@pytest.mark.slow
+def test_sigusr1_saves_state_exits_75_and_resumes(tmp_path):
+    cfg = write_sweep(tmp_path, train={"episodes": 40}, search="grid", max_concurrent=1)  # long enough to interrupt
+    exp = tmp_path / "store" / "usr1"
+    p = subprocess.Popen(tune_cmd(cfg, tmp_path, "usr1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if any(v == "TERMINATED" for v in trial_statuses(exp).values()):
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGUSR1)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 75, out[-3000:]
+    assert "Resume with: python tune_main.py --resume --experiment-name usr1" in out
+    assert not (exp / "summary.json").exists()
+    proc = subprocess.run(tune_cmd(cfg, tmp_path, "usr1", "--resume"), capture_output=True, text=True, timeout=400,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (exp / "summary.json").exists()
