@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -49,9 +50,13 @@ def build_tune_parser() -> argparse.ArgumentParser:
 def tune_main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; exit 0 complete, 75 stopped with state saved, 2 bad input, 1 failure."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Until Tune's own handler is installed inside fit(), SIGUSR1 (SLURM's warning before the time limit) would
+    # kill the driver by default: remember it instead, and stop before starting trials.
+    early: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: early.append(signum))
     try:
         args = build_tune_parser().parse_args(argv)
-        return _run(args)
+        return _run(args, stop_requested=lambda: bool(early))
     except DqlrayError as e:
         print(f"tune_main.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -60,7 +65,7 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, stop_requested: Any = None) -> int:
     from dqlray.tuning.space import parse_sweep_file
     from dqlray.tuning.sweep import SweepRun, run_sweep
 
@@ -90,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         pass
     run = SweepRun(sweep_file=sf, experiment_name=name, storage_path=args.storage_path, address=args.address,
                    resume=args.resume, dashboard=not args.no_dashboard, notify=notify)
-    return run_sweep(run)
+    return run_sweep(run, stop_requested=stop_requested)
 
 
 def consolidate(results_dir: str | Path) -> pd.DataFrame:

@@ -7,6 +7,7 @@ of trials actually tried; a completed experiment is never re-evaluated on test.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -248,7 +249,7 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def run_sweep(run: SweepRun, out: Any = print) -> int:
+def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> int:
     """Run (or resume) the sweep; 0 when complete, 75 when stopped with its state saved (resume with --resume)."""
     import ray
     from ray import tune
@@ -258,7 +259,10 @@ def run_sweep(run: SweepRun, out: Any = print) -> int:
     build_market(sf.base, data)  # refuse a file too short for the window and splits before starting Ray
     exp = experiment_dir(run)
     if run.resume and not tune.Tuner.can_restore(str(exp.resolve())):
-        raise DqlrayError(f"{exp}: no experiment to resume")
+        if not (exp / "sweep_meta.json").exists():
+            raise DqlrayError(f"{exp}: no experiment to resume")
+        out(f"{exp}: stopped before its first trial; starting it now")  # e.g. SIGUSR1 during start-up
+        run = dataclasses.replace(run, resume=False)
     if not run.resume and exp.exists() and any(exp.glob("experiment_state-*.json")):
         raise DqlrayError(f"{exp} already holds a sweep; use --resume to continue it, or another --experiment-name")
     exp.mkdir(parents=True, exist_ok=True)
@@ -283,6 +287,9 @@ def run_sweep(run: SweepRun, out: Any = print) -> int:
         if run.resume:
             tuner = tune.Tuner.restore(str(exp.resolve()), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
+        if stop_requested is not None and stop_requested():
+            out("Stop requested (SIGUSR1) before the sweep started; nothing to save. Resume with --resume.")
+            return EXIT_RESUMABLE
         tuner.fit()
         from ray.tune import ExperimentAnalysis
 
