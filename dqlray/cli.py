@@ -153,7 +153,11 @@ def _build_report(run_dir: Any) -> str | None:
         from dqlray.report import build_run_report
     except ImportError:
         return None
-    out = build_run_report(run_dir)
+    try:
+        out = build_run_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the run is saved; `dqlray report DIR` can retry
+        print(f"warning: no report: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
     print(f"Report: {out.html}")
     return str(out.equity_png) if getattr(out, "equity_png", None) else None
 

@@ -23,7 +23,7 @@ import yaml
 
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
-from dqlray.metrics import deflated_sharpe
+from dqlray.metrics import deflated_sharpe, interpret_dsr
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
 from dqlray.trainer import build_market, list_checkpoints
 from dqlray.tuning.space import SweepFile, space_summary, trial_config, tune_space
@@ -232,15 +232,6 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     return summary
 
 
-def interpret_dsr(dsr: float) -> str:
-    """One sentence on what a deflated Sharpe ratio means."""
-    if dsr >= 0.95:
-        return "The winner's Sharpe is very likely real skill, not the luck of picking the best of many trials."
-    if dsr >= 0.5:
-        return "The winner is more likely skilled than lucky, but not at the 95% level: treat it with care."
-    return "The winner's Sharpe is explained by the luck of picking the best of many trials: no evidence of skill."
-
-
 def _num(v: Any) -> float | None:
     try:
         f = float(v)
@@ -330,6 +321,10 @@ def _sweep_report(exp: Path, out: Any) -> str | None:
         from dqlray.report import build_sweep_report
     except ImportError:
         return None
-    rep = build_sweep_report(exp)
+    try:
+        rep = build_sweep_report(exp)
+    except Exception as e:  # noqa: BLE001 - the sweep is saved; `dqlray report DIR` can retry
+        out(f"warning: no report: {type(e).__name__}: {e}")
+        return None
     out(f"Report: {rep.html}")
     return str(rep.equity_png) if getattr(rep, "equity_png", None) else None

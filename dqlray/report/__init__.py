@@ -1,0 +1,30 @@
+"""Reports people would rather look at than read (issue 6): runs, sweeps and comparisons as self-contained HTML.
+
+::
+
+    from dqlray.report import build_report, build_run_report, build_sweep_report, build_comparison_report
+    rep = build_run_report("results/demo")        # results/demo/report/report.html, PNGs, CSV/JSON tables
+    rep.html, rep.equity_png                      # the page, and the picture for a chat message
+
+Command line: ``dqlray report DIR`` (a run or a sweep folder) and ``dqlray compare DIR... [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dqlray.report.compare import build_comparison_report
+from dqlray.report.folders import folder_kind
+from dqlray.report.html import Report
+from dqlray.report.run import build_run_report
+from dqlray.report.sweep import build_sweep_report
+
+__all__ = ["Report", "build_comparison_report", "build_report", "build_run_report", "build_sweep_report",
+           "folder_kind"]
+
+
+def build_report(path: str | Path, out_dir: str | Path | None = None) -> Report:
+    """The report of a run folder or a sweep folder, whichever ``path`` is."""
+    if folder_kind(path) == "sweep":
+        return build_sweep_report(path, out_dir)
+    return build_run_report(path, out_dir)

@@ -1,0 +1,43 @@
+"""``dqlray report DIR`` and ``dqlray compare DIR... [--out FILE]`` (registered by :mod:`dqlray.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_report_parsers(sub: Any) -> None:
+    """Register the ``report`` and ``compare`` subcommands on the ``dqlray`` subparsers."""
+    sp = sub.add_parser("report", help="write the HTML report of a run folder or a sweep folder")
+    sp.add_argument("dir", help="results/<experiment> (a single run) or <storage>/<experiment> (a sweep)")
+    sp.add_argument("--out-dir", "--out_dir", dest="out_dir", default=None,
+                    help="where the report goes (default DIR/report/)")
+    sp.set_defaults(func=cmd_report)
+    sp = sub.add_parser("compare", help="compare runs and sweeps side by side in one HTML report")
+    sp.add_argument("dirs", nargs="+", metavar="DIR", help="run or sweep folders")
+    sp.add_argument("--out", default="comparison_report.html",
+                    help="HTML file (default comparison_report.html; pictures and tables go to <stem>_files/)")
+    sp.add_argument("--title", default=None, help="heading of the report")
+    sp.set_defaults(func=cmd_compare)
+
+
+def _done(rep: Any) -> int:
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"Report: {rep.html}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Build the report of one run or sweep folder."""
+    from dqlray.report import build_report
+
+    return _done(build_report(args.dir, args.out_dir))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Build the comparison report."""
+    from dqlray.report import build_comparison_report
+
+    return _done(build_comparison_report(args.dirs, args.out, title=args.title))

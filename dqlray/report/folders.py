@@ -1,0 +1,167 @@
+"""Reading what runs and sweeps left on disk: the single-run folder and Ray Tune's experiment folder.
+
+Only files are read (no checkpoints, no Ray): a report can be made anywhere the folder is copied to.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from dqlray.errors import DqlrayError
+
+RUN_MARKERS = ("eval.json", "metrics.csv", "meta.json")
+SWEEP_MARKERS = ("summary.json", "trials.csv", "sweep_meta.json")
+
+
+def folder_kind(path: str | Path) -> str:
+    """``"sweep"`` for a sweep's experiment folder, ``"run"`` for a single run's folder; else a one-line error."""
+    p = Path(path)
+    if not p.is_dir():
+        raise DqlrayError(f"{p}: no such folder")
+    if any((p / m).exists() for m in SWEEP_MARKERS):
+        return "sweep"
+    if (p / "config.yaml").exists() and any((p / m).exists() for m in RUN_MARKERS):
+        return "run"
+    raise DqlrayError(f"{p}: neither a run folder (config.yaml with eval.json or metrics.csv) nor a sweep folder "
+                      "(trials.csv, summary.json)")
+
+
+def read_csv(path: Path, dates: bool = False, dtype: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A CSV as saved (pandas 3 parses floats exactly: the numbers shown equal the numbers saved; tests check it)."""
+    df = pd.read_csv(path, dtype=dtype)
+    if dates and "date" in df.columns:
+        df["date"] = pd.to_datetime(df["date"])
+    return df
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DqlrayError(f"{path}: not valid JSON ({e})") from None
+
+
+@dataclass
+class RunFolder:
+    """A single run: resolved config, metadata, per-episode metrics, the test evaluation and the saved curves."""
+
+    path: Path
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    metrics: pd.DataFrame | None
+    evaluation: dict[str, Any] | None
+    equity: dict[str, pd.DataFrame] = field(default_factory=dict)  # part -> date, agent_seed*, agent_mean, baselines
+    positions: dict[str, pd.DataFrame] = field(default_factory=dict)  # part -> date, agent_seed*, baselines
+
+    @property
+    def name(self) -> str:
+        """The experiment name."""
+        return str(self.meta.get("experiment") or self.config.get("train", {}).get("experiment_name") or self.path.name)
+
+
+def load_run(path: str | Path) -> RunFolder:
+    """Read a single run's folder."""
+    p = Path(path)
+    if not (p / "config.yaml").exists():
+        raise DqlrayError(f"{p}: not a run folder (no config.yaml)")
+    config = yaml.safe_load((p / "config.yaml").read_text()) or {}
+    meta = _json(p / "meta.json") or {}
+    metrics = read_csv(p / "metrics.csv") if (p / "metrics.csv").exists() else None
+    run = RunFolder(path=p, config=config, meta=meta, metrics=metrics, evaluation=_json(p / "eval.json"))
+    for part in ("test", "val"):
+        if (p / f"equity_{part}.csv").exists():
+            run.equity[part] = read_csv(p / f"equity_{part}.csv", dates=True)
+        if (p / f"positions_{part}.csv").exists():
+            run.positions[part] = read_csv(p / f"positions_{part}.csv", dates=True)
+    return run
+
+
+@dataclass
+class SweepFolder:
+    """A sweep: the trials table, the summary with the winner's one test evaluation, and each trial's curve."""
+
+    path: Path
+    trials: pd.DataFrame
+    summary: dict[str, Any] | None
+    meta: dict[str, Any]  # sweep_meta.json: space, sweep settings, base config
+    curves: dict[str, pd.DataFrame]  # trial id -> one row per reported episode (last report wins)
+    equity: pd.DataFrame | None
+    positions: pd.DataFrame | None
+
+    @property
+    def name(self) -> str:
+        """The experiment name."""
+        return str((self.summary or {}).get("experiment") or self.meta.get("experiment") or self.path.name)
+
+    @property
+    def metric(self) -> str:
+        """What the sweep maximised on validation."""
+        return str((self.summary or {}).get("metric") or self.meta.get("sweep", {}).get("metric") or "val_sharpe")
+
+    @property
+    def params(self) -> list[str]:
+        """The searched hyperparameters (``section.field`` columns of the trials table)."""
+        space = self.meta.get("space") or {}
+        cols = [c for c in self.trials.columns if c in space]
+        if not cols:  # an old or partial folder: every section.field column
+            cols = [c for c in self.trials.columns if c.split(".", 1)[0] in ("data", "env", "agent", "train")]
+        return cols
+
+    @property
+    def max_t(self) -> int | None:
+        """The full budget of a trial in episodes (ASHA's ``max_t``)."""
+        v = self.meta.get("base_config", {}).get("train", {}).get("episodes")
+        if v is None and "episodes" in self.trials:
+            v = self.trials["episodes"].max()
+        return int(v) if v is not None and v == v else None
+
+
+def load_sweep(path: str | Path) -> SweepFolder:
+    """Read a sweep's experiment folder (``trials.csv`` is written when the sweep completes)."""
+    p = Path(path)
+    if not (p / "trials.csv").exists():
+        raise DqlrayError(f"{p}: no trials.csv: the sweep has not completed (resume it with tune_main.py --resume)")
+    trials = read_csv(p / "trials.csv", dtype={"trial_id": str})  # a hex id such as 0e123456 is not a number
+    curves: dict[str, pd.DataFrame] = {}
+    for f in sorted(p.glob("trial_*/result.json")):
+        rows = []
+        for line in f.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a crash
+                    continue
+        if not rows:
+            continue
+        df = pd.DataFrame(rows)
+        tid = str(df["trial_id"].iloc[-1]) if "trial_id" in df else f.parent.name.removeprefix("trial_")
+        if "episodes" in df:
+            # a trial retried from a checkpoint reports some episodes twice: the last report is the one that counts
+            df = df.drop_duplicates("episodes", keep="last").sort_values("episodes").reset_index(drop=True)
+        curves[tid] = df
+    eq = read_csv(p / "equity_test.csv", dates=True) if (p / "equity_test.csv").exists() else None
+    pos = read_csv(p / "positions_test.csv", dates=True) if (p / "positions_test.csv").exists() else None
+    return SweepFolder(path=p, trials=trials, summary=_json(p / "summary.json"), meta=_json(p / "sweep_meta.json") or {},
+                       curves=curves, equity=eq, positions=pos)
+
+
+def resolve_data_file(data_file: str | None, folder: Path) -> Path | None:
+    """Find a run's price file: as written, then relative to the run's folder and its parents; None if not found.
+
+    ``data_file`` is stored as given on the command line, often relative to wherever the run was started.
+    """
+    if not data_file:
+        return None
+    p = Path(data_file).expanduser()
+    if p.is_absolute():
+        return p if p.exists() else None
+    candidates = [Path.cwd() / p] + [parent / p for parent in [folder.resolve(), *folder.resolve().parents]]
+    return next((c for c in candidates if c.exists()), None)

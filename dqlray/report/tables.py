@@ -1,0 +1,82 @@
+"""Tables shared by the reports: an evaluation's metrics (agent mean ± sd, each seed, each baseline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dqlray.report.format import METRICS, finite, fmt, pretty_name
+from dqlray.report.html import Column, Row, esc
+
+
+def metric_columns(first: str = "Policy") -> list[Column]:
+    """The policy column and one column per metric, with definitions as tooltips."""
+    return [Column("policy", first, "text")] + [Column(k, s.label, s.kind, s.help, s.better) for k, s in METRICS.items()]
+
+
+def seed_label(evaluation: dict[str, Any], k: int) -> str:
+    """``seed 7`` for the k-th agent column (the seed value when the evaluation lists seeds)."""
+    seeds = evaluation.get("seeds") or []
+    return f"seed {seeds[k]}" if k < len(seeds) else f"seed #{k}"
+
+
+def evaluation_rows(evaluation: dict[str, Any], *, seeds: bool = True) -> list[Row]:
+    """Rows of an ``eval.json``-shaped evaluation: agent mean ± sd, optionally each seed, then every baseline."""
+    summ = evaluation["agent"]["summary"]
+    n = len(evaluation["agent"].get("per_seed", []))
+    rows = [Row("agent", {"policy": "agent, mean", **{k: summ[k]["mean"] for k in METRICS if k in summ}},
+                sd={k: summ[k]["std"] for k in METRICS if k in summ}, cls="agent", sub={"policy": f"± sd over {n} seeds"})]
+    if seeds:
+        for k, m in enumerate(evaluation["agent"].get("per_seed", [])):
+            rows.append(Row(f"agent_seed{k}", {"policy": seed_label(evaluation, k), **m}, cls="seed", compete=False))
+    for name, m in evaluation.get("baselines", {}).items():
+        rows.append(Row(name, {"policy": pretty_name(name), **m}))
+    return rows
+
+
+def metrics_from_curves(eq: pd.DataFrame, pos: pd.DataFrame | None, periods: int) -> dict[str, Any]:
+    """An ``eval.json``-shaped evaluation recomputed from saved curves (used for the validation split).
+
+    Returns come from the equity curve; positions held give exposure, and their changes (from a flat start, as in
+    :func:`dqlray.evaluation.evaluate_policy`) the trades and turnover.
+    """
+    from dqlray.metrics import summarize
+
+    def one(col: str) -> dict[str, Any]:
+        v = eq[col].to_numpy(dtype=float)
+        r = v[1:] / v[:-1] - 1.0
+        if pos is not None and col in pos:
+            held = pos[col].to_numpy(dtype=float)
+        else:
+            held = np.zeros(len(r))
+        traded = np.abs(held - np.concatenate([[0.0], held[:-1]]))
+        return summarize(r, held, traded, periods)
+
+    seeds = [c for c in eq.columns if c.startswith("agent_seed")]
+    per_seed = [one(c) for c in seeds]
+    summary = {}
+    for k in per_seed[0] if per_seed else []:
+        vals = np.array([m[k] for m in per_seed], dtype=float)
+        summary[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    base = {c: one(c) for c in eq.columns if c != "date" and not c.startswith("agent_")}
+    return {"agent": {"per_seed": per_seed, "summary": summary}, "baselines": base}
+
+
+def versus(agent: float | None, ref: float | None, kind: str, ref_name: str = "buy & hold") -> str:
+    """``vs buy & hold 1.39`` with the agent's side coloured (HTML)."""
+    if finite(ref) is None:
+        return ""
+    cls = ""
+    if finite(agent) is not None:
+        cls = "up" if agent > ref else "down" if agent < ref else ""
+    return f'<span class="{cls}">vs {esc(ref_name)} {esc(fmt(ref, kind))}</span>'
+
+
+def mean_sd_html(mean: Any, sd: Any, kind: str) -> str:
+    """``0.63 <small>± 0.65</small>`` for a headline card."""
+    from dqlray.report.format import fmt_sd
+
+    s = fmt_sd(sd, kind)
+    return esc(fmt(mean, kind)) + (f' <span class="sd">{esc(s)}</span>' if s else "")
