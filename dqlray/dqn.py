@@ -19,6 +19,9 @@ from dqlray.networks import BatchedMLP
 from dqlray.replay import Transitions
 
 
+EXPLORE_BLOCK = 256  # steps of exploration draws made per generator call
+
+
 class UpdateStats(NamedTuple):
     """Per-seed statistics of one gradient step."""
 
@@ -59,6 +62,8 @@ class DQNLearner:
         self.exp_avg = torch.zeros_like(self.net.flat)
         self.exp_avg_sq = torch.zeros_like(self.net.flat)
         self.explore_rngs = [np.random.default_rng(s) for s in explore_seeds]
+        self._explore = np.empty((self.k, 0, 2))
+        self._explore_pos = 0
         self.updates = 0
         b = cfg.batch_size
         # One preallocated buffer holds a batch's observations and next observations, (K, 2B, obs_dim): one gather
@@ -66,6 +71,10 @@ class DQNLearner:
         self._obs_np = np.empty((self.k, 2 * b, market.obs_dim), dtype=np.float32)
         self._idx_t = np.empty((self.k, 2 * b), dtype=np.int64)
         self._idx_p = np.empty((self.k, 2 * b), dtype=np.float32)
+        self._dq = torch.zeros(self.k, b, n_actions, device=device)
+        self._grad_views = self.net.views(self.grad)
+        self._stats = torch.zeros(2, self.k, device=device)
+        self._stats_n = 0
         self._np_weights = None
         if device.type == "cpu":
             self._np_weights = ([w.numpy() for w in self.net.weights], [b_.numpy() for b_ in self.net.biases])
@@ -95,15 +104,21 @@ class DQNLearner:
         return q[:, 0, :].argmax(axis=-1)
 
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
-        """Epsilon-greedy actions, each seed exploring with its own generator."""
+        """Epsilon-greedy actions, each seed exploring with its own generator.
+
+        Seed k's two uniforms per step (explore?, which action) come from seed k's generator in blocks of
+        ``EXPLORE_BLOCK`` steps: one generator call per seed per block instead of a Python loop over seeds per step.
+        """
         actions = self.greedy(obs)
-        for i, rng in enumerate(self.explore_rngs):
-            if rng.random() < epsilon:
-                actions[i] = rng.integers(self.n_actions)
-        return actions
+        if self._explore_pos >= self._explore.shape[1]:
+            self._explore = np.stack([rng.random((EXPLORE_BLOCK, 2)) for rng in self.explore_rngs])
+            self._explore_pos = 0
+        u = self._explore[:, self._explore_pos]
+        self._explore_pos += 1
+        return np.where(u[:, 0] < epsilon, (u[:, 1] * self.n_actions).astype(np.int64), actions)
 
     @torch.inference_mode()
-    def update(self, batch: Transitions) -> UpdateStats:
+    def update(self, batch: Transitions) -> None:
         """One gradient step on a batch ``(K, B)`` of transitions; the target network is synced on schedule."""
         cfg = self.cfg
         k, b = batch.t.shape
@@ -129,14 +144,13 @@ class DQNLearner:
         q = q_all[:, :b].gather(-1, actions).squeeze(-1)
         diff = q - y
         if cfg.loss == "huber":  # smooth L1 with beta 1, as SB3 and torch's F.smooth_l1_loss
-            absd = diff.abs()
-            per = torch.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5).mean(dim=1)
-            dq_a = diff.clamp(-1.0, 1.0).div_(b)
+            c = diff.clamp(-1.0, 1.0)
+            per = c.mul(diff.sub(c, alpha=0.5)).mean(dim=1)  # c * (d - c/2): d^2/2 inside [-1, 1], |d| - 1/2 outside
+            dq_a = c.div_(b)
         else:
-            per = (diff * diff).mean(dim=1)
+            per = diff.square().mean(dim=1)
             dq_a = diff.mul(2.0 / b)
-        dq = torch.zeros(k, b, self.n_actions, device=self.device).scatter_(-1, actions, dq_a.unsqueeze(-1))
-        self.net.backward(cache, dq, self.grad)
+        self.net.backward(cache, self._dq.zero_().scatter_(-1, actions, dq_a.unsqueeze(-1)), self._grad_views)
         if cfg.max_grad_norm is not None:
             # Clip each seed's own gradient norm (clipping all parameters together would couple the seeds).
             norm = torch.linalg.vector_norm(self.grad, dim=1, keepdim=True)
@@ -145,7 +159,19 @@ class DQNLearner:
         self.updates += 1
         if self.updates % cfg.target_update_freq == 0:
             self.sync_target()
-        return UpdateStats(per.cpu().numpy(), q.mean(dim=1).cpu().numpy())
+        # Statistics stay on the device until read: a .cpu() per update would cost more than the Adam step.
+        self._stats[0].add_(per)
+        self._stats[1].add_(q.mean(dim=1))
+        self._stats_n += 1
+
+    def pop_stats(self) -> UpdateStats | None:
+        """Mean loss and mean Q per seed over the updates since the last call (None if there were none)."""
+        if self._stats_n == 0:
+            return None
+        s = (self._stats / self._stats_n).cpu().numpy()
+        self._stats.zero_()
+        self._stats_n = 0
+        return UpdateStats(s[0], s[1])
 
     def _adam_step(self) -> None:
         # Adam (Kingma and Ba 2015) as torch.optim.Adam computes it, on the flat (K, P) tensors.
@@ -170,7 +196,8 @@ class DQNLearner:
         """Networks, optimiser moments, exploration generators and counters."""
         return {"online": self.net.flat.cpu().clone(), "target": self.target_flat.cpu().clone(),
                 "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone(),
-                "updates": self.updates, "explore_rngs": [r.bit_generator.state for r in self.explore_rngs]}
+                "updates": self.updates, "explore_rngs": [r.bit_generator.state for r in self.explore_rngs],
+                "explore_block": self._explore[:, self._explore_pos:].copy()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict`."""
@@ -183,6 +210,8 @@ class DQNLearner:
         self.updates = int(state["updates"])
         for r, s in zip(self.explore_rngs, state["explore_rngs"], strict=True):
             r.bit_generator.state = s
+        self._explore = state["explore_block"].copy()
+        self._explore_pos = 0
 
 
 class GreedyPolicy:

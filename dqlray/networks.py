@@ -90,14 +90,16 @@ class BatchedMLP:
         a = torch.baddbmm(bs[-1], h, ws[-1])
         return v + a - a.mean(dim=-1, keepdim=True), ForwardCache(inputs, pre, h)
 
-    def backward(self, cache: ForwardCache, dq: torch.Tensor, grad: torch.Tensor) -> None:
-        """Write into ``grad`` ``(K, P)`` the gradient of a loss whose gradient w.r.t. the Q-values is ``dq``.
+    def backward(self, cache: ForwardCache, dq: torch.Tensor,
+                 grad_views: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+        """Write the gradient of a loss whose gradient w.r.t. the Q-values is ``dq`` into ``grad_views``.
 
-        ``cache`` may cover more rows than ``dq`` (a forward over observations and next observations together):
-        only its first ``dq.shape[1]`` rows are used.
+        ``grad_views`` are :meth:`views` of a ``(K, P)`` gradient tensor (made once by the caller). ``cache`` may
+        cover more rows than ``dq`` (a forward over observations and next observations together): only its first
+        ``dq.shape[1]`` rows are used.
         """
         b = dq.shape[1]
-        gws, gbs = self.views(grad)
+        gws, gbs = grad_views
         h = cache.head_in[:, :b]
         ht = h.transpose(1, 2)
         if self.dueling:
@@ -113,7 +115,8 @@ class BatchedMLP:
             gbs[-1].copy_(dq.sum(dim=1, keepdim=True))
             dh = torch.bmm(dq, self.weights[-1].transpose(1, 2))
         for i in range(self.n_hidden - 1, -1, -1):
-            dz = dh * (cache.pre[i][:, :b] > 0)
+            # The ReLU gradient in one op ("dh * (pre > 0)" is three: compare, cast, multiply).
+            dz = torch.ops.aten.threshold_backward(dh, cache.pre[i][:, :b], 0.0)
             torch.bmm(cache.inputs[i][:, :b].transpose(1, 2), dz, out=gws[i])
             gbs[i].copy_(dz.sum(dim=1, keepdim=True))
             if i > 0:

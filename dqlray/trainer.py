@@ -178,13 +178,8 @@ def train(
     t_start = time.perf_counter()
     last_ckpt = None
     stopped = False
-    losses = np.zeros(k)
-    qs = np.zeros(k)
     for episode in range(start_episode, tc.episodes):
         t_ep = time.perf_counter()
-        n_updates = 0
-        losses[:] = 0.0
-        qs[:] = 0.0
         ep_returns: list[float] = []
         for _ in range(per_episode):
             eps = _epsilon(config, env_steps, total_steps)
@@ -202,18 +197,16 @@ def train(
                 episodes_done += len(fin)
             if env_steps >= ac.learning_starts and env_steps % ac.train_freq == 0:
                 for _g in range(ac.gradient_steps):
-                    stats = learner.update(buffer.sample(ac.batch_size))
-                    losses += stats.loss
-                    qs += stats.mean_q
-                    n_updates += 1
+                    learner.update(buffer.sample(ac.batch_size))
         done_episodes = episode + 1
+        stats = learner.pop_stats()
         metrics: dict[str, Any] = {
             "episodes": done_episodes,
             "env_steps": env_steps,
             "episodes_completed": episodes_done / k,
             "episode_return": float(np.mean(ep_returns)) if ep_returns else float("nan"),
-            "loss": float(losses.mean() / n_updates) if n_updates else float("nan"),
-            "mean_q": float(qs.mean() / n_updates) if n_updates else float("nan"),
+            "loss": float(stats.loss.mean()) if stats is not None else float("nan"),
+            "mean_q": float(stats.mean_q.mean()) if stats is not None else float("nan"),
             "epsilon": _epsilon(config, env_steps, total_steps),
             "updates": learner.updates,
             "steps_per_s": per_episode * k / max(time.perf_counter() - t_ep, 1e-9),

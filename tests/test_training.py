@@ -114,7 +114,7 @@ def test_manual_backward_matches_autograd(dueling):
     dq = torch.randn(2, 6, 3)
     grad = torch.zeros_like(net.flat)
     q, cache = net.forward_cached(x)
-    net.backward(cache, dq, grad)
+    net.backward(cache, dq, net.views(grad))
     flat = net.flat.clone().requires_grad_(True)
     w, b = net.views(flat)
     (net.forward(x, w, b) * dq).sum().backward()

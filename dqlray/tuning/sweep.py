@@ -62,6 +62,9 @@ def _init_ray(run: SweepRun, out: Any) -> dict[str, float]:
         if not run.dashboard:
             kwargs["num_cpus"] = os.cpu_count()
     ctx = ray.init(**kwargs)
+    token_file = Path.home() / ".ray" / "auth_token"
+    if address is None and token_file.exists() and token_file.stat().st_mode & 0o077:
+        token_file.chmod(0o600)  # Ray 2.60 writes it 0644: readable by every user of a shared login node
     url = getattr(ctx, "dashboard_url", None)
     if url:
         out(f"Ray dashboard: http://{url}  (token-protected: the token is in ~/.ray/auth_token or "
