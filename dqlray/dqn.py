@@ -18,7 +18,6 @@ from dqlray.market import Market
 from dqlray.networks import BatchedMLP
 from dqlray.replay import Transitions
 
-
 EXPLORE_BLOCK = 256  # steps of exploration draws made per generator call
 
 
