@@ -17,6 +17,15 @@ PERIODS_PER_YEAR = 252
 EULER_GAMMA = 0.5772156649015329
 
 
+def finite_or_none(value: object) -> float | None:
+    """``value`` as a float when it is a finite number, else None (for tables and messages)."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def total_return(r: np.ndarray) -> float:
     """``prod(1 + r) - 1``."""
     return float(np.prod(1.0 + np.asarray(r, dtype=np.float64)) - 1.0) if len(r) else 0.0

@@ -8,7 +8,6 @@ part is never touched here.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -271,8 +270,3 @@ def _load_env_state(venv: VecTradingEnv, state: dict) -> None:
         setattr(venv, name, state[name].copy())
     for r, s in zip(venv.rngs, state["rngs"], strict=True):
         r.bit_generator.state = s
-
-
-def is_finite(x: Any) -> bool:
-    """True for a finite number (metrics may be NaN before the first finished episode or update)."""
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -241,7 +241,8 @@ _STATUS_MARK = {"running": "▶", "finished": "✓", "stopped": "✂", "errored"
 
 def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | None,
                 space_summary: Mapping[str, Any] | str | None, resources: Mapping[str, Any] | str | None,
-                max_t: int | None = None, context: Mapping[str, Any] | None = None) -> str:
+                max_t: int | None = None, context: Mapping[str, Any] | None = None,
+                time_attr: str = "env_steps") -> str:
     """🚀 a sweep started: search space, number of samples, cluster resources."""
     lines = [
         _header("🚀", "Sweep started", experiment),
@@ -249,7 +250,8 @@ def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | N
         f" · metric <code>{esc(metric)}</code> ({esc(mode)})",
     ]
     if max_t:
-        lines.append(f"Budget per trial: {fmt_num(max_t)} env steps (ASHA)")
+        unit = {"env_steps": "env steps", "episodes": "episodes"}.get(time_attr, time_attr)
+        lines.append(f"Budget per trial: {fmt_num(max_t)} {esc(unit)} (ASHA)")
     if isinstance(space_summary, str):
         lines.append(f"Search space: {esc(space_summary)}")
     elif space_summary:

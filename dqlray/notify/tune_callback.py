@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from dqlray.metrics import finite_or_none
 from dqlray.notify import messages
 from dqlray.notify.credentials import NotifyConfig, NotifyConfigError, load_notify_config
 from dqlray.notify.redact import redact
@@ -42,12 +42,6 @@ def _chat_fingerprint(cfg: NotifyConfig | None) -> str | None:
     return hashlib.sha256(f"{cfg.api_base}|{cfg.chat_id}".encode()).hexdigest()[:16]
 
 
-def _float(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _int(value: Any) -> int | None:
@@ -292,7 +286,7 @@ class TelegramTuneCallback(Callback):
             resources = self.resources if self.resources is not None else _cluster_resources()
             text = messages.sweep_start(self.experiment, metric=self.metric, mode=self.mode,
                                         num_samples=self.num_samples, space_summary=self.space_summary,
-                                        resources=resources, max_t=self.max_t)
+                                        resources=resources, max_t=self.max_t, time_attr=self.time_attr)
             self._send(text, fallback=True)
             self._start_sent = True
         except Exception as exc:  # a notification bug must never break the sweep
@@ -405,13 +399,13 @@ class TelegramTuneCallback(Callback):
     def _record_result(self, info: dict[str, Any], result: Mapping[str, Any]) -> None:
         if not result:
             return
-        metric = _float(result.get(self.metric))
+        metric = finite_or_none(result.get(self.metric))
         if metric is not None:
             info["metric"] = metric
-        std = _float(result.get(f"{self.metric}_std"))
+        std = finite_or_none(result.get(f"{self.metric}_std"))
         if std is not None:
             info["std"] = std
-        val_return = _float(result.get("val_return"))
+        val_return = finite_or_none(result.get("val_return"))
         if val_return is not None:
             info["val_return"] = val_return
         steps = _int(result.get(self.time_attr))

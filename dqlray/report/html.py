@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dqlray.metrics import finite_or_none
 from dqlray.report.format import fmt, fmt_sd
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -188,7 +189,7 @@ def render_table(name: str, columns: Sequence[Column], rows: Sequence[Row], *, s
     best: dict[str, float] = {}
     for c in columns:
         if c.better:
-            vals = [_num(r.values.get(c.key)) for r in rows if r.compete]
+            vals = [finite_or_none(r.values.get(c.key)) for r in rows if r.compete]
             vals = [v for v in vals if v is not None]
             if len(vals) > 1:
                 best[c.key] = max(vals) if c.better > 0 else min(vals)
@@ -219,7 +220,7 @@ def render_table(name: str, columns: Sequence[Column], rows: Sequence[Row], *, s
             classes = []
             if c.kind in ("text", "bool"):
                 classes.append("text")
-            if c.key in best and r.compete and _num(v) == best[c.key]:
+            if c.key in best and r.compete and finite_or_none(v) == best[c.key]:
                 classes.append("best")
             if c.key in r.cell_cls:
                 classes.append(r.cell_cls[c.key])
@@ -256,12 +257,6 @@ class Markup(str):
     """Text that is already HTML (not escaped again)."""
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _plain(v: Any) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import yaml
 
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
-from dqlray.metrics import deflated_sharpe, interpret_dsr
+from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
 from dqlray.trainer import build_market, list_checkpoints
 from dqlray.tuning.space import SweepFile, space_summary, trial_config, tune_space
@@ -216,7 +215,7 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         "n_errors": int(df["error"].sum()),
         "best_trial": best_id,
         "best_params": params,
-        "best_val": {k: _num(best_row[k]) for k in ("val_sharpe", "val_sharpe_std", "val_return")},
+        "best_val": {k: finite_or_none(best_row[k]) for k in ("val_sharpe", "val_sharpe_std", "val_return")},
         "test": evaluation,
         "deflated_sharpe": dsr,
         "data_file": cfg.data.data_file,
@@ -235,12 +234,6 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     return summary
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> int:
