@@ -32,7 +32,7 @@ class Market:
     scaler: Scaler
     features: np.ndarray  # (n, F) float32, zero inside the warm-up (never observed)
     ret_next: np.ndarray  # (n,) float64
-    _windows: np.ndarray | None  # (n, window * F) float32 when cached
+    _windows: np.ndarray | None  # (n, window * F + 1) float32 when cached: observation rows, position column 0
 
     @classmethod
     def build(cls, data: OHLCV, split: Split | None = None, *, window: int = 8) -> Market:
@@ -55,8 +55,11 @@ class Market:
         windows = None
         n, f = feats.shape
         if n * window * f * 4 <= _WINDOW_CACHE_BYTES:
+            # One row per bar, laid out exactly as an observation (the last column, the position, is filled in by
+            # observe), so a batch of observations is one np.take into the output buffer.
             idx = np.arange(n)[:, None] - window + 1 + np.arange(window)[None, :]
-            windows = feats[np.clip(idx, 0, None)].reshape(n, window * f)
+            windows = np.zeros((n, window * f + 1), dtype=np.float32)
+            windows[:, :-1] = feats[np.clip(idx, 0, None)].reshape(n, window * f)
         for a in (feats, ret_next, windows):
             if a is not None:
                 a.setflags(write=False)
@@ -88,7 +91,7 @@ class Market:
         if out is None:
             out = np.empty((n, self.obs_dim), dtype=np.float32)
         if self._windows is not None:
-            out[:, :-1] = self._windows[t]
+            np.take(self._windows, t, axis=0, out=out, mode="clip")  # "clip": no index buffering, t is in range
         else:
             idx = t[:, None] - self.window + 1 + np.arange(self.window)[None, :]
             out[:, :-1] = self.features[idx].reshape(n, -1)

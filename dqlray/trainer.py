@@ -256,7 +256,7 @@ def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentCo
     }
 
 
-_ENV_FIELDS = ("t", "end", "action", "pos", "value", "trades", "costs", "ep_return")
+_ENV_FIELDS = ("t", "end", "pos", "value", "ep_return")
 
 
 def _env_state(venv: VecTradingEnv) -> dict:

@@ -66,23 +66,19 @@ class VecTradingEnv:
         self.rngs = [np.random.default_rng(s) for s in seeds]
         self.t = np.zeros(n_envs, dtype=np.int64)
         self.end = np.zeros(n_envs, dtype=np.int64)
-        self.action = np.full(n_envs, self.flat_action, dtype=np.int64)  # action that set the held position
         self.pos = np.zeros(n_envs, dtype=np.float64)
         self.value = np.full(n_envs, initial_value, dtype=np.float64)
-        self.trades = np.zeros(n_envs, dtype=np.int64)
-        self.costs = np.zeros(n_envs, dtype=np.float64)
         self.ep_return = np.zeros(n_envs, dtype=np.float64)
         self._obs = np.empty((n_envs, market.obs_dim), dtype=np.float32)
+        self._no_returns = np.full(n_envs, np.nan)
+        self._no_returns.setflags(write=False)
 
     def _reset_envs(self, idx: np.ndarray) -> None:
         for i in idx:
             self.t[i], self.end[i] = start_and_end(self.start, self.stop, self.episode_length, self.random_start,
                                                    self.rngs[i])
-        self.action[idx] = self.flat_action
         self.pos[idx] = self.pos_values[self.flat_action]
         self.value[idx] = self.initial_value
-        self.trades[idx] = 0
-        self.costs[idx] = 0.0
         self.ep_return[idx] = 0.0
 
     def reset(self) -> np.ndarray:
@@ -97,20 +93,19 @@ class VecTradingEnv:
     def step(self, actions: np.ndarray) -> VecStep:
         """Move every environment to the target position of its action and hold it over the next bar."""
         new_pos = self.pos_values[actions]
-        value, reward, cost, traded = apply_positions(self.value, self.pos, new_pos, self.market.ret_next[self.t],
-                                                      self.cost_rate)
+        value, reward, _, _ = apply_positions(self.value, self.pos, new_pos, self.market.ret_next[self.t],
+                                              self.cost_rate)
         self.value = value
-        self.costs += cost
-        self.trades += traded > 0
         self.pos = new_pos
-        self.action = np.array(actions, dtype=np.int64)  # a copy: resets write into it
         self.t += 1
         self.ep_return += reward
         terminated = value <= self.ruin_value
-        truncated = ~terminated & (self.t >= self.end)
-        done = terminated | truncated
-        ep_ret = np.where(done, self.ep_return, np.nan)
+        done = terminated | (self.t >= self.end)
+        truncated = done ^ terminated
         if done.any():
+            ep_ret = np.where(done, self.ep_return, np.nan)
             self.value = value.copy()  # the returned values stay those before the reset
             self._reset_envs(np.flatnonzero(done))
+        else:
+            ep_ret = self._no_returns
         return VecStep(self.observe(), reward, terminated, truncated, value, ep_ret)
