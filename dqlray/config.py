@@ -129,7 +129,8 @@ class AgentConfig:
         for name in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "target_update_freq", "n_step"):
             v = getattr(self, name)
             _check(v >= 1, "agent", name, v, "an integer >= 1")
-        _check(self.learning_starts >= 0, "agent", "learning_starts", self.learning_starts, "an integer >= 0")
+        _check(self.learning_starts >= self.n_step, "agent", "learning_starts", self.learning_starts,
+               f"an integer >= n_step ({self.n_step}), so every seed's buffer holds transitions before learning")
         _check(self.reward_scale > 0, "agent", "reward_scale", self.reward_scale, "a number > 0")
         _check(0 < self.tau <= 1, "agent", "tau", self.tau, "a number in (0, 1]")
         _check(self.loss in ("huber", "mse"), "agent", "loss", self.loss, "huber or mse")

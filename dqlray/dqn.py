@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dqlray.config import AgentConfig
+from dqlray.errors import ConfigError, DqlrayError
 from dqlray.market import Market
 from dqlray.networks import BatchedMLP
 from dqlray.replay import Transitions
@@ -33,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but no CUDA device is available; use cpu or auto")
+        raise ConfigError("train.device='cuda' but no CUDA device is available; use cpu or auto")
     return torch.device(name)
 
 
@@ -203,7 +204,7 @@ class DQNLearner:
         for dst, key in ((self.net.flat, "online"), (self.target_flat, "target"), (self.exp_avg, "exp_avg"),
                          (self.exp_avg_sq, "exp_avg_sq")):
             if tuple(state[key].shape) != tuple(dst.shape):
-                raise ValueError(f"checkpoint {key} has shape {tuple(state[key].shape)}, this network "
+                raise DqlrayError(f"checkpoint {key} has shape {tuple(state[key].shape)}, this network "
                                  f"{tuple(dst.shape)}: the checkpoint was made with another agent or window")
             dst.copy_(state[key])
         self.updates = int(state["updates"])

@@ -6,7 +6,7 @@ On a CPU the update of a small MLP is almost all per-operation overhead (``share
 - all parameters of seed k are row k of one flat tensor: per-seed gradient norms, the optimiser step and the target
   sync are each a few operations on that tensor, however many layers there are;
 - the backward pass is written out by hand (a two-hidden-layer MLP has a short, well-known gradient), which skips
-  autograd's bookkeeping; ``tests/test_networks.py`` checks it against autograd.
+  autograd's bookkeeping; ``tests/test_training.py`` checks it against autograd.
 
 Member k is initialised from its own seed only, exactly as a one-member network with that seed would be.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from importlib import metadata
@@ -22,6 +23,33 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    return out
+
+
+_SECRET_FLAG = re.compile(r"^--?[\w-]*(token|password|secret|api[_-]?key)[\w-]*$", re.IGNORECASE)
+
+
+def safe_argv(argv: list[str]) -> list[str]:
+    """A command line fit to store in a run folder: values of secret-looking flags (``--telegram_token X``,
+    ``--telegram-token=X``, ...) and anything shaped like a bot token are replaced by ``<redacted>``."""
+    from dqlray.notify.redact import MASK, redact
+
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(MASK)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if _SECRET_FLAG.match(flag):
+            if eq:
+                out.append(f"{flag}={MASK}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(redact(arg))
     return out
 
 

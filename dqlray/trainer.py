@@ -23,6 +23,7 @@ import torch
 from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV, chronological_split
 from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
+from dqlray.errors import ConfigError
 from dqlray.evaluation import evaluate_policy
 from dqlray.market import Market, first_decision_bar
 from dqlray.replay import BYTES_PER_TRANSITION, NStepAccumulator, ReplayBuffer
@@ -55,6 +56,10 @@ def build_market(config: ExperimentConfig, data: OHLCV) -> Market:
     d = config.data
     split = chronological_split(data, train=d.train, val=d.val, warmup=first_decision_bar(d.window),
                                 min_bars=max(d.window, 32))
+    longest = split.train[1] - split.train[0] - 1
+    if config.env.episode_length is not None and config.env.episode_length > longest:
+        raise ConfigError(f"env.episode_length={config.env.episode_length} is longer than the training part of "
+                          f"{data.source} allows ({longest} steps)")
     return Market.build(data, split, window=d.window)
 
 
@@ -155,6 +160,7 @@ def train(
     env_steps = 0
     start_episode = 0
     episodes_done = 0
+    fill_until = ac.learning_starts  # no gradient step before this many env steps (per seed)
     last_val: dict[str, float] = {}
     obs = venv.reset()
     if resume_from is not None:
@@ -167,6 +173,8 @@ def train(
         history = list(state["history"])
         last_val = dict(state.get("last_val", {}))
         obs = venv.observe()
+        if "arrays" not in state["buffer"]:  # resumed without its replay data: refill before learning again
+            fill_until = env_steps + ac.learning_starts
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
@@ -194,7 +202,7 @@ def train(
                 fin = step.episode_return[~np.isnan(step.episode_return)]
                 ep_returns.extend(fin.tolist())
                 episodes_done += len(fin)
-            if env_steps >= ac.learning_starts and env_steps % ac.train_freq == 0:
+            if env_steps >= fill_until and env_steps % ac.train_freq == 0:
                 for _g in range(ac.gradient_steps):
                     learner.update(buffer.sample(ac.batch_size))
         done_episodes = episode + 1

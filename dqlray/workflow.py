@@ -29,7 +29,7 @@ from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
 from dqlray.errors import DqlrayError
 from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.market import Market
-from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
+from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
 from dqlray.trainer import TrainResult, build_market, list_checkpoints, load_checkpoint, replay_bytes, train
 
 HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "num_trades",
@@ -70,7 +70,7 @@ def write_run_header(run_dir: Path, config: ExperimentConfig, data: OHLCV, marke
         "replay_buffer_bytes": replay_bytes(config),
         "git_commit": git_commit(),
         "versions": package_versions(),
-        "command": sys.argv,
+        "command": safe_argv(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
 
@@ -191,6 +191,7 @@ def run_experiment(
     elif (run_dir / "metrics.csv").exists() or list_checkpoints(ckpt_dir):
         raise DqlrayError(f"{run_dir} already holds a run; use --resume to continue it, or another --experiment_name")
     market = build_market(config, data)
+    resolve_device(config.train.device)  # refuse an unavailable device before anything is written
     if not resume:
         write_run_header(run_dir, config, data, market)
     tc = config.train

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
                          [["--episodes", "x"], "argument --episodes: invalid int value: 'x'"],
                          [["--data_file", "missing.csv"], "missing.csv: no such file"],
                          [["--set", "agent.bogus=1"], "unknown key agent.bogus; allowed: agent_type"],
-                         [["--config", "nope.yaml"], "nope.yaml: no such config file"]):
+                         [["--config", "nope.yaml"], "nope.yaml: no such config file"],
+                         *([[["--device", "cuda"], "train.device='cuda' but no CUDA device is available"]]
+                           if not torch.cuda.is_available() else []),
+                         [["--set", "env.episode_length=100000"], "env.episode_length=100000 is longer than the"]):
         proc = run(["train_single.py", "--results_dir", str(tmp_path), *args])
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -151,3 +151,15 @@ def test_walk_forward_folds_do_not_overlap():
     assert [f.test for f in folds] == [(700, 800), (800, 900), (900, 1000)]
     with pytest.raises(DataError, match="too few"):
         walk_forward_folds(300, n_folds=3, val_size=100, test_size=100, min_train=200)
+
+
+def test_stored_command_lines_hide_secrets():
+    from dqlray.runinfo import safe_argv
+
+    tok = "123456789:" + "A" * 35  # shaped like a bot token (built at run time)
+    argv = ["train_single.py", "--telegram_token", tok, "--telegram-chat-id", "42", "--smtp-password=hunter22",
+            "--experiment_name", "x", f"--set=note={tok}"]
+    out = safe_argv(argv)
+    assert tok not in " ".join(out) and "hunter22" not in " ".join(out)
+    assert out[:3] == ["train_single.py", "--telegram_token", "<redacted>"]
+    assert "--smtp-password=<redacted>" in out and "--experiment_name" in out and "x" in out

@@ -61,3 +61,16 @@ def test_deflated_sharpe():
     more = M.deflated_sharpe(r, rng.normal(0.5, 0.5, 200))
     assert more["sr0"] > many["sr0"]
     assert many["n_trials"] == 27
+
+
+def test_deflated_sharpe_expected_maximum_by_hand():
+    # Three trials with annual Sharpe 0, 0.5 and 1: their per-period spread is 0.5 / sqrt(252). With
+    # Phi^-1(2/3) = 0.430727 and Phi^-1(1 - 1/(3e)) = 1.161957 the expected best of 3 unskilled trials is
+    # 0.5 * ((1 - 0.577216) * 0.430727 + 0.577216 * 1.161957) = 0.426402 (annualised).
+    r = np.random.default_rng(0).normal(0, 0.01, 300)
+    assert M.deflated_sharpe(r, np.array([0.0, 0.5, 1.0]))["sr0"] == pytest.approx(0.426402, abs=2e-6)
+
+
+def test_dsr_interpretation_sentences():
+    assert "very likely real skill" in M.interpret_dsr(0.97)
+    assert "no evidence of skill" in M.interpret_dsr(0.2)

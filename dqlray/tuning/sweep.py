@@ -161,13 +161,16 @@ def _best_trial(analysis_dir: Path, df: pd.DataFrame, max_t: int, metric: str) -
     pool = full if len(full) else df[df["status"] == "TERMINATED"]
     if not len(pool):
         raise DqlrayError(f"{analysis_dir}: no trial finished; see the trial errors above")
-    best_id = str(pool.sort_values(metric, ascending=False).iloc[0]["trial_id"])
     analysis = ExperimentAnalysis(str(analysis_dir))
-    trial = next(t for t in analysis.trials if t.trial_id == best_id)
-    ckpt = analysis.get_last_checkpoint(trial)
-    if ckpt is None:
-        raise DqlrayError(f"trial {best_id} has no checkpoint to evaluate")
-    return best_id, Path(ckpt.path), dict(trial.config)
+    by_id = {t.trial_id: t for t in analysis.trials}
+    # Full-budget trials always end with a checkpoint of their final state; in the fallback (no trial reached the
+    # full budget) a trial stopped before its first checkpoint cannot be evaluated, so the next best is taken.
+    for trial_id in pool.sort_values(metric, ascending=False)["trial_id"]:
+        trial = by_id[str(trial_id)]
+        ckpt = analysis.get_last_checkpoint(trial)
+        if ckpt is not None:
+            return str(trial_id), Path(ckpt.path), dict(trial.config)
+    raise DqlrayError(f"{analysis_dir}: no finished trial has a checkpoint to evaluate")
 
 
 def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]:
@@ -196,10 +199,9 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     learner = learner_from_checkpoint(cfg, market, ckpt)
     evaluation, curves = evaluate_all(learner, market, cfg, "test")
     save_curves(exp, curves, "test")
-    mean_returns = curves["agent"].equity.mean(axis=0)
-    r = mean_returns[1:] / mean_returns[:-1] - 1.0
     tried = df[df[metric].notna()]
-    dsr = deflated_sharpe(r, tried["val_sharpe"].to_numpy(dtype=float), periods=cfg.train.periods_per_year)
+    dsr = deflated_sharpe_of_winner(curves["agent"].returns, tried["val_sharpe"].to_numpy(dtype=float),
+                                    cfg.train.periods_per_year)
     best_cfg = cfg.replace({"train": {"experiment_name": f"{run.experiment_name}_best", "keep_checkpoints": 3}})
     atomic_write_text(exp / "best_config.yaml",
                       f"# Best of {len(tried)} trials of sweep {run.experiment_name} (trial {best_id}), by validation "
@@ -227,13 +229,33 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     out(f"\nBest trial {best_id} (validation {metric} {summary['best_val']['val_sharpe']:.3f}); "
         f"test split, evaluated once, costs {evaluation['costs_bps']:.1f} bps:")
     out(format_metrics_table(evaluation))
-    out(f"\nDeflated Sharpe Ratio: {dsr['dsr']:.3f} (best of {dsr['n_trials']} trials; test Sharpe "
-        f"{dsr['sharpe']:.2f} against {dsr['sr0']:.2f} expected from the best of {dsr['n_trials']} unskilled "
-        f"trials). {interpret_dsr(dsr['dsr'])}")
+    out(f"\nDeflated Sharpe Ratio: {dsr['dsr']:.3f} (mean over seeds, weakest seed {dsr['dsr_min']:.3f}; best of "
+        f"{dsr['n_trials']} trials; test Sharpe {dsr['sharpe']:.2f} per seed against {dsr['sr0']:.2f} expected from "
+        f"the best of {dsr['n_trials']} unskilled trials). {interpret_dsr(dsr['dsr'])}")
     out(f"Best config: {exp / 'best_config.yaml'}")
     return summary
 
 
+
+
+def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarray, periods: int) -> dict[str, Any]:
+    """The Deflated Sharpe Ratio of the winner, per seed, on the statistic the trials were ranked by.
+
+    Trials were ranked by the mean over seeds of per-seed Sharpe ratios, so each of the winner's seeds is deflated
+    on its own test returns (not the returns of an equal-weight blend of seeds, a different and diversified
+    strategy) against the best that ``len(trial_sharpes)`` unskilled trials would reach, whose spread is the trials'
+    validation Sharpe spread. ``dsr`` is the mean over seeds, ``dsr_min`` the weakest seed.
+    """
+    per_seed = [deflated_sharpe(r, trial_sharpes, periods=periods) for r in seed_returns]
+    return {
+        "dsr": float(np.mean([d["dsr"] for d in per_seed])),
+        "dsr_min": float(np.min([d["dsr"] for d in per_seed])),
+        "dsr_per_seed": [d["dsr"] for d in per_seed],
+        "sharpe": float(np.mean([d["sharpe"] for d in per_seed])),
+        "sr0": per_seed[0]["sr0"],
+        "n_trials": per_seed[0]["n_trials"],
+        "split": "test (SR0 from the trials' validation Sharpe ratios)",
+    }
 
 
 def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> int:
