@@ -262,17 +262,18 @@ def _add_optional_parsers(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; one-line errors for user mistakes."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("dqlray", lambda: int((a := build_parser().parse_args(argv)).func(a) or 0))
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run a command body: user mistakes print one line naming ``prog`` and exit 2; Ctrl-C exits 130."""
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
-    except DqlrayError as e:
-        print(f"dqlray: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as e:
-        print(f"dqlray: error: {e}", file=sys.stderr)
+        return body()
+    except (DqlrayError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("dqlray: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

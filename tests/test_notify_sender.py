@@ -26,17 +26,6 @@ EXPERIMENT = "hp_sweep_lr0.001_g0.99"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def token():
-    return make_fake_token()
-
-
-@pytest.fixture
-def tg(token):
-    with FakeTelegram(token, chats=[CHAT]) as server:
-        yield server
-
-
 def make_cfg(tg, tmp_path, **kw) -> NotifyConfig:
     kw.setdefault("min_interval_s", 0.0)
     kw.setdefault("connect_timeout_s", 1.0)

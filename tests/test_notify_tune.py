@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_telegram import FakeTelegram, make_fake_token
+from fake_telegram import FakeTelegram
 
 from dqlray.notify import NotifyConfig
 from dqlray.notify.tune_callback import TelegramTuneCallback
@@ -35,17 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def token():
-    return make_fake_token()
-
-
-@pytest.fixture
-def tg(token):
-    with FakeTelegram(token, chats=[CHAT]) as server:
-        yield server
 
 
 def make_cfg(tg, tmp_path, **kw) -> NotifyConfig:

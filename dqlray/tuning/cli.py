@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from dqlray.cli import EXIT_USAGE, _flag, _Parser
+from dqlray.cli import _flag, _Parser, run_cli
 from dqlray.errors import ConfigError, DqlrayError
 
 DEFAULT_SWEEP_FILE = "configs/sweep.yaml"
@@ -54,15 +54,8 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     # kill the driver by default: remember it instead, and stop before starting trials.
     early: list[int] = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: early.append(signum))
-    try:
-        args = build_tune_parser().parse_args(argv)
-        return _run(args, stop_requested=lambda: bool(early))
-    except DqlrayError as e:
-        print(f"tune_main.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as e:
-        print(f"tune_main.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_cli("tune_main.py",
+                   lambda: _run(build_tune_parser().parse_args(argv), stop_requested=lambda: bool(early)))
 
 
 def _run(args: argparse.Namespace, stop_requested: Any = None) -> int:
