@@ -197,7 +197,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from dqlray.baselines import make_baselines
     from dqlray.data import load_ohlcv
     from dqlray.evaluation import evaluate_policy
-    from dqlray.trainer import build_market
+    from dqlray.parts import build_market
     from dqlray.workflow import HEADLINE, _fmt
 
     config = config_from_args(args)
@@ -209,8 +209,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
-        m = evaluate_policy(pol, market, part=args.part, positions=ec.positions, fee_bps=ec.fee_bps,
-                            slippage_bps=ec.slippage_bps, name=name, periods=config.train.periods_per_year).metrics[0]
+        m = evaluate_policy(pol, market, part=args.part, env=ec, name=name,
+                            periods=config.train.periods_per_year).metrics[0]
         print(f"{name:<16}" + "".join(f"{_fmt(m[k], k):>14}" for k in HEADLINE))
     return 0
 

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from dqlray.config import ExperimentConfig
-from dqlray.data import OHLCV, chronological_split
-from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
-from dqlray.errors import ConfigError
+from dqlray.data import OHLCV
+from dqlray.dqn import DQNLearner, GreedyPolicy
+from dqlray.errors import DqlrayError
 from dqlray.evaluation import evaluate_policy
-from dqlray.market import Market, first_decision_bar
-from dqlray.replay import BYTES_PER_TRANSITION, NStepAccumulator, ReplayBuffer
+from dqlray.market import Market
+from dqlray.parts import build_market, build_parts
+from dqlray.replay import BYTES_PER_TRANSITION
 from dqlray.vec_env import VecTradingEnv
 
 ReportFn = Callable[[dict[str, Any], str | None], None]
@@ -49,18 +50,6 @@ class TrainResult:
     def final(self) -> dict[str, Any]:
         """Metrics of the last episode."""
         return self.history[-1] if self.history else {}
-
-
-def build_market(config: ExperimentConfig, data: OHLCV) -> Market:
-    """The market arrays for ``config``'s window and split of ``data`` (scaler fitted on its training part)."""
-    d = config.data
-    split = chronological_split(data, train=d.train, val=d.val, warmup=first_decision_bar(d.window),
-                                min_bars=max(d.window, 32))
-    longest = split.train[1] - split.train[0] - 1
-    if config.env.episode_length is not None and config.env.episode_length > longest:
-        raise ConfigError(f"env.episode_length={config.env.episode_length} is longer than the training part of "
-                          f"{data.source} allows ({longest} steps)")
-    return Market.build(data, split, window=d.window)
 
 
 def replay_bytes(config: ExperimentConfig) -> int:
@@ -122,36 +111,47 @@ def _epsilon(cfg: ExperimentConfig, step: int, total: int) -> float:
     return a.eps_start + frac * (a.eps_end - a.eps_start)
 
 
+class TrainingDiverged(DqlrayError):
+    """The loss became non-finite: the run stops (its earlier checkpoints stay) instead of training on NaNs."""
+
+
+def _check_finite_loss(loss: np.ndarray, episode: int, config: ExperimentConfig) -> None:
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        ac = config.agent
+        seeds = [s for s, b in zip(config.train.seeds, bad, strict=True) if b]
+        raise TrainingDiverged(
+            f"training diverged at episode {episode}: the loss is {loss[bad][0]} for seed(s) "
+            f"{', '.join(map(str, seeds))}; likely agent.learning_rate={ac.learning_rate:g} is too large (or "
+            f"agent.reward_scale={ac.reward_scale:g}, agent.max_grad_norm={ac.max_grad_norm})")
+
+
 def train(
     config: ExperimentConfig,
-    data: OHLCV,
+    source: OHLCV | Market,
     *,
     report: ReportFn | None = None,
     checkpoint_dir: str | Path | None = None,
-    resume_from: str | Path | None = None,
+    resume_from: str | Path | dict | None = None,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train ``config.train.num_seeds`` DQN agents in lockstep on the training part of ``data``.
+    """Train ``config.train.num_seeds`` DQN agents in lockstep on the training part of ``source``.
 
-    ``report(metrics, checkpoint_path)`` is called after every episode (``checkpoint_path`` is the checkpoint
-    written at that episode, or None). Checkpoints go to ``checkpoint_dir`` every ``train.checkpoint_every`` episodes
-    and at the end; ``resume_from`` (a checkpoint or a directory of them) continues a run exactly where it stopped.
-    ``should_stop()`` is polled after each episode (a checkpoint is written before stopping).
+    ``source`` is the price data, or the :class:`Market` already built from it for ``config`` (see
+    :func:`dqlray.parts.build_market`). ``report(metrics, checkpoint_path)`` is called after every episode
+    (``checkpoint_path`` is the checkpoint written at that episode, or None). Checkpoints go to ``checkpoint_dir``
+    every ``train.checkpoint_every`` episodes and at the end; ``resume_from`` (a checkpoint, a directory of them, or
+    a checkpoint already loaded with :func:`load_checkpoint`) continues a run exactly where it stopped.
+    ``should_stop()`` is polled after each episode (a checkpoint is written before stopping). A loss that becomes
+    non-finite raises :class:`TrainingDiverged` naming the episode.
     """
     torch.set_num_threads(config.train.torch_threads)
-    tc, ac, ec = config.train, config.agent, config.env
-    market = build_market(config, data)
-    device = resolve_device(tc.device)
-    seeds = tc.seeds
-    k = len(seeds)
-    streams = [np.random.SeedSequence(s).spawn(3) for s in seeds]  # env, buffer, exploration per seed
-    venv = VecTradingEnv(market, k, part="train", positions=ec.positions, fee_bps=ec.fee_bps,
-                         slippage_bps=ec.slippage_bps, episode_length=ec.episode_length,
-                         random_start=ec.random_start, ruin_fraction=ec.ruin_fraction, seeds=[s[0] for s in streams])
-    learner = DQNLearner(ac, market, venv.n_actions, seeds, [s[2] for s in streams], device)
-    buffer = ReplayBuffer(k, ac.buffer_size, [s[1] for s in streams])
-    nstep = NStepAccumulator(k, ac.n_step, ac.gamma)
+    tc, ac = config.train, config.agent
+    market = source if isinstance(source, Market) else build_market(config, source)
+    parts = build_parts(config, market)
+    venv, learner, buffer, nstep = parts.env, parts.learner, parts.buffer, parts.nstep
+    k = len(tc.seeds)
     per_episode = steps_per_episode(config, market)
     total_steps = tc.episodes * per_episode
     ckpt = _Checkpointer(Path(checkpoint_dir), tc.keep_checkpoints) if checkpoint_dir is not None else None
@@ -164,7 +164,7 @@ def train(
     last_val: dict[str, float] = {}
     obs = venv.reset()
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
+        state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from)
         learner.load_state_dict(state["learner"])
         buffer.load_state_dict(state["buffer"])
         nstep.load_state_dict(state["nstep"])
@@ -207,6 +207,8 @@ def train(
                     learner.update(buffer.sample(ac.batch_size))
         done_episodes = episode + 1
         stats = learner.pop_stats()
+        if stats is not None:
+            _check_finite_loss(stats.loss, done_episodes, config)
         metrics: dict[str, Any] = {
             "episodes": done_episodes,
             "env_steps": env_steps,
@@ -249,9 +251,7 @@ def train(
 
 def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentConfig) -> dict[str, float]:
     """Greedy policy of every seed on the validation part: mean and spread of Sharpe and return over seeds."""
-    ec = config.env
-    res = evaluate_policy(GreedyPolicy(learner), market, part="val", n_envs=learner.k, positions=ec.positions,
-                          fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps, name="agent",
+    res = evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k, name="agent",
                           periods=config.train.periods_per_year)
     sharpes = np.array([m["sharpe"] for m in res.metrics])
     rets = np.array([m["total_return"] for m in res.metrics])

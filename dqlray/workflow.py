@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -29,8 +28,9 @@ from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
 from dqlray.errors import DqlrayError
 from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.market import Market
+from dqlray.parts import build_market, make_learner
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
-from dqlray.trainer import TrainResult, build_market, list_checkpoints, load_checkpoint, replay_bytes, train
+from dqlray.trainer import TrainResult, list_checkpoints, load_checkpoint, replay_bytes, train
 
 HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "num_trades",
             "turnover", "exposure")
@@ -92,11 +92,7 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
 
 def learner_from_checkpoint(config: ExperimentConfig, market: Market, checkpoint: str | Path) -> DQNLearner:
     """Rebuild the trained networks of a run from one of its checkpoints."""
-    from dqlray.env import position_values
-
-    seeds = config.train.seeds
-    learner = DQNLearner(config.agent, market, len(position_values(config.env.positions)), seeds,
-                         [np.random.SeedSequence(s).spawn(3)[2] for s in seeds], resolve_device(config.train.device))
+    learner = make_learner(config, market)
     learner.load_state_dict(load_checkpoint(checkpoint)["learner"])
     return learner
 
@@ -105,8 +101,7 @@ def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, 
                  ) -> tuple[dict[str, Any], dict[str, EvalResult]]:
     """Every seed's greedy policy and every baseline over ``part`` with the same costs."""
     ec = config.env
-    kw = dict(positions=ec.positions, fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps,
-              periods=config.train.periods_per_year)
+    kw = dict(env=ec, periods=config.train.periods_per_year)
     results = {"agent": evaluate_policy(GreedyPolicy(learner), market, part=part, n_envs=learner.k, name="agent",
                                         **kw)}
     for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
@@ -177,7 +172,7 @@ def run_experiment(
     data = load_ohlcv(config.data.data_file)
     run_dir = run_dir_of(config)
     ckpt_dir = run_dir / "checkpoints"
-    resume_from = None
+    state = None
     if resume:
         if not list_checkpoints(ckpt_dir):
             raise DqlrayError(f"{run_dir}: nothing to resume (no checkpoint in {ckpt_dir})")
@@ -187,7 +182,7 @@ def run_experiment(
                     if saved.to_dict()[s][k] != v]
             raise DqlrayError(f"{run_dir}: --resume with a different config ({', '.join(diff)}); "
                               "resume with the saved settings or start a new --experiment_name")
-        resume_from = ckpt_dir
+        state = load_checkpoint(ckpt_dir)
     elif (run_dir / "metrics.csv").exists() or list_checkpoints(ckpt_dir):
         raise DqlrayError(f"{run_dir} already holds a run; use --resume to continue it, or another --experiment_name")
     market = build_market(config, data)
@@ -197,6 +192,7 @@ def run_experiment(
     tc = config.train
     if notifier is not None:
         notifier.start(agent_type=config.agent.agent_type, episodes=tc.episodes, data_file=config.data.data_file)
+    history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
 
     def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
         history.append(metrics)
@@ -207,10 +203,7 @@ def run_experiment(
             if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
                 notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
 
-    history: list[dict[str, Any]] = []
-    if resume_from is not None:
-        history = list(load_checkpoint(resume_from)["history"])
-    result = train(config, data, report=report, checkpoint_dir=ckpt_dir, resume_from=resume_from,
+    result = train(config, market, report=report, checkpoint_dir=ckpt_dir, resume_from=state,
                    progress=progress, should_stop=should_stop)
     if result.stopped_early:
         out(f"Stopped at episode {result.final.get('episodes')}; resume with --resume")

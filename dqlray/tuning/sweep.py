@@ -12,6 +12,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,19 @@ import yaml
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
 from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
+from dqlray.parts import build_market
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
-from dqlray.trainer import build_market, list_checkpoints
-from dqlray.tuning.space import SweepFile, space_summary, trial_config, tune_space
+from dqlray.trainer import list_checkpoints
+from dqlray.tuning.space import (
+    PLACEMENT_KEYS,
+    SweepFile,
+    resumed_sweep_file,
+    space_summary,
+    sweep_file_dict,
+    sweep_file_from_dict,
+    trial_config,
+    tune_space,
+)
 from dqlray.tuning.trainable import dqn_trainable
 from dqlray.workflow import evaluate_all, format_metrics_table, learner_from_checkpoint, save_curves
 
@@ -51,6 +62,26 @@ def experiment_dir(run: SweepRun) -> Path:
     return Path(run.storage_path).resolve() / run.experiment_name
 
 
+META_FILE = "sweep_meta.json"
+
+
+def stored_sweep_file(exp_dir: Path, *, config_path: str | None = None,
+                      overrides: dict[str, dict[str, Any]] | None = None,
+                      sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
+    """The settings an experiment was started with (from its ``sweep_meta.json``), flags given again checked."""
+    meta_path = exp_dir / META_FILE
+    if not meta_path.exists():
+        raise DqlrayError(f"{exp_dir}: no sweep to resume (no {META_FILE}); check --experiment-name and "
+                          "--storage-path")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DqlrayError(f"{meta_path}: unreadable ({e})") from None
+    stored = sweep_file_from_dict(meta, str(meta_path))
+    return resumed_sweep_file(stored, str(meta_path), config_path=config_path, overrides=overrides,
+                              sweep_overrides=sweep_overrides)
+
+
 def _init_ray(run: SweepRun, out: Any) -> dict[str, float]:
     import ray
 
@@ -74,7 +105,8 @@ def _init_ray(run: SweepRun, out: Any) -> dict[str, float]:
     return res
 
 
-def _build_tuner(run: SweepRun, data: OHLCV, resources: dict[str, float], callbacks: list) -> Any:
+def _build_tuner(run: SweepRun, data: OHLCV, resources: dict[str, float], callbacks: list,
+                 trainable_fn: Callable[..., None]) -> tuple[Any, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -87,7 +119,7 @@ def _build_tuner(run: SweepRun, data: OHLCV, resources: dict[str, float], callba
     base = sf.base
     if sw.gpus_per_trial > 0:
         base = base.replace({"train": {"device": "cuda"}})
-    trainable = tune.with_resources(tune.with_parameters(dqn_trainable, data=data, base=base), res)
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, data=data, base=base), res)
     auto = max(1, int(resources.get("CPU", 1) // sw.cpus_per_trial))
     if sw.gpus_per_trial > 0:
         auto = min(auto, max(1, int(resources.get("GPU", 0) / sw.gpus_per_trial)))
@@ -258,8 +290,12 @@ def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarra
     }
 
 
-def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> int:
-    """Run (or resume) the sweep; 0 when complete, 75 when stopped with its state saved (resume with --resume)."""
+def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None,
+              trainable: Callable[..., None] | None = None) -> int:
+    """Run (or resume) the sweep; 0 when complete, 75 when stopped with its state saved (resume with --resume).
+
+    ``trainable`` replaces :func:`dqn_trainable` (tests wrap it to inject a crash).
+    """
     import ray
     from ray import tune
 
@@ -268,18 +304,27 @@ def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> in
     build_market(sf.base, data)  # refuse a file too short for the window and splits before starting Ray
     exp = experiment_dir(run)
     if run.resume and not tune.Tuner.can_restore(str(exp.resolve())):
-        if not (exp / "sweep_meta.json").exists():
+        if not (exp / META_FILE).exists():
             raise DqlrayError(f"{exp}: no experiment to resume")
         out(f"{exp}: stopped before its first trial; starting it now")  # e.g. SIGUSR1 during start-up
         run = dataclasses.replace(run, resume=False)
     if not run.resume and exp.exists() and any(exp.glob("experiment_state-*.json")):
         raise DqlrayError(f"{exp} already holds a sweep; use --resume to continue it, or another --experiment-name")
     exp.mkdir(parents=True, exist_ok=True)
-    write_json(exp / "sweep_meta.json", {
-        "experiment": run.experiment_name, "sweep_file": sf.source, "space": space_summary(sf),
-        "sweep": sf.sweep.__dict__, "base_config": sf.base.to_dict(), "data_hash": data_hash(data),
-        "expected_trials": expected_trials(sf), "git_commit": git_commit(), "versions": package_versions(),
-    })
+    meta_path = exp / META_FILE
+    if run.resume and meta_path.exists():  # a resumed sweep keeps the record of how it was started
+        meta = json.loads(meta_path.read_text())
+        if meta.get("data_hash") != data_hash(data):
+            raise DqlrayError(f"{sf.base.data.data_file}: data hash {data_hash(data)} differs from the sweep's "
+                              f"{meta.get('data_hash')} ({meta_path}): the file changed since the sweep started")
+        meta.setdefault("resumed", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                               "git_commit": git_commit(),
+                                               **{k: getattr(sf.sweep, k) for k in PLACEMENT_KEYS}})
+    else:
+        meta = {"experiment": run.experiment_name, **sweep_file_dict(sf), "space": space_summary(sf),
+                "data_hash": data_hash(data), "expected_trials": expected_trials(sf), "git_commit": git_commit(),
+                "versions": package_versions()}
+    write_json(meta_path, meta)
     resources = _init_ray(run, out)
     try:
         callbacks = []
@@ -292,9 +337,9 @@ def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> in
                 num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes,
                 time_attr=TIME_ATTR))
             sweep_notifier = SweepNotifier(run.notify, experiment=run.experiment_name)
-        tuner, trainable = _build_tuner(run, data, resources, callbacks)
+        tuner, wrapped = _build_tuner(run, data, resources, callbacks, trainable or dqn_trainable)
         if run.resume:
-            tuner = tune.Tuner.restore(str(exp.resolve()), trainable=trainable, resume_unfinished=True,
+            tuner = tune.Tuner.restore(str(exp.resolve()), trainable=wrapped, resume_unfinished=True,
                                        resume_errored=True)
         if stop_requested is not None and stop_requested():
             out("Stop requested (SIGUSR1) before the sweep started; nothing to save. Resume with --resume.")

@@ -9,7 +9,6 @@ The function keeps no state between calls, so Tune can reuse its actor for the n
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,29 +18,6 @@ from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV
 from dqlray.trainer import train
 from dqlray.tuning.space import trial_config
-
-# Test hook: "DIR:EPISODE" makes the first trial to reach EPISODE raise once (the marker DIR/failed records it), so
-# tests can prove that a crashed trial is retried from its checkpoint. Unset in real use.
-FAIL_ONCE_ENV = "DQLRAY_FAIL_ONCE"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the test hook."""
-
-
-def _maybe_fail(episode: int) -> None:
-    spec = os.environ.get(FAIL_ONCE_ENV)
-    if not spec:
-        return
-    marker_dir, at = spec.rsplit(":", 1)
-    if episode != int(at):
-        return
-    try:
-        fd = os.open(Path(marker_dir) / "failed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    raise InjectedFailure(f"injected failure at episode {episode} ({FAIL_ONCE_ENV})")
 
 
 def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig) -> None:
@@ -64,7 +40,6 @@ def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig
                 tune.report(clean, checkpoint=tune.Checkpoint.from_directory(checkpoint))
             else:
                 tune.report(clean)
-            _maybe_fail(int(metrics["episodes"]))
 
         train(cfg, data, report=report, checkpoint_dir=work / "checkpoints", resume_from=resume_from, progress=False)
     finally:
