@@ -241,8 +241,10 @@ def benchmark_check(
     lower end is above 0 (up to the resolution of ``n_boot``). Why percentile and not the recentred statistic
     (``#{IR* - IR >= IR}``): an agent that is long most of the time has sparse active returns (zero while both are
     long), whose IR has a skewed sampling distribution; on such series, at a 5% level and zero true IR, the
-    recentred p-value rejected 11-17% of the time and the percentile p-value 5.5-6.8% (400 series per case; iid,
-    dense and mostly-flat cases 4-6% for both).
+    recentred p-value rejected 11-17% of the time and the percentile p-value 5.5-6.8% (Student-t(4) returns, 400
+    series per case; dense and mostly-flat cases 4-7% for both). On real daily moves (S&P 500 returns drawn iid
+    from a zero-mean population, 390 bars, 1 or 4 seeds, 500 series per case) the percentile p-value rejected
+    5.6-7.0%: slightly liberal, which is one reason the verdict also requires check 2.
     """
     from arch.bootstrap import StationaryBootstrap
 
