@@ -564,9 +564,10 @@ def sweep_verdict(
 
     The test arguments are those of :func:`single_run_verdict`. ``val_returns`` ``(T_val, N, K)``: every trial's
     per-bar validation returns after costs (one column per trial, trials stopped early included, from their last
-    evaluation); ``val_benchmark_returns`` ``(T_val,)``: the benchmark's over the same bars; ``winner``: the selected
-    column; ``n_trials``: N, every configuration and checkpoint the selection could choose among (at least the
-    number of columns). With a single column ``dsr_active`` and ``pbo`` are None.
+    evaluation; every column on the same bars: trials that search ``data.window`` have other splits, so align them
+    on their common validation timestamps); ``val_benchmark_returns`` ``(T_val,)``: the benchmark's over those
+    bars; ``winner``: the selected column; ``n_trials``: N, every configuration and checkpoint the selection could
+    choose among (at least the number of columns). With a single column ``dsr_active`` and ``pbo`` are None.
     """
     v = _columns(val_returns, "validation returns")
     vb = _series(val_benchmark_returns, "validation benchmark returns", v.shape[0])
