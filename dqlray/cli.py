@@ -192,6 +192,28 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_sp500(args: argparse.Namespace) -> int:
+    """Write the real S&P 500 daily bars bundled with ``arch`` (1999-2018)."""
+    from dqlray.data import output_file, save_ohlcv, sp500
+
+    out = output_file(args.out)
+    data = sp500()
+    save_ohlcv(data, out)
+    print(f"wrote {args.out}: {len(data)} S&P 500 daily bars, 1999-01-04 to 2018-12-31 (from arch.data.sp500)")
+    return 0
+
+
+def cmd_data_shuffle(args: argparse.Namespace) -> int:
+    """Write a null market: the file's days in a random order (no serial dependence left)."""
+    from dqlray.data import load_ohlcv, output_file, save_ohlcv, shuffle_days
+
+    out = output_file(args.out, not_input=args.file)
+    data = shuffle_days(load_ohlcv(args.file), seed=args.seed)
+    save_ohlcv(data, out)
+    print(f"wrote {args.out}: {len(data)} bars of {args.file} with the days shuffled, seed {args.seed}")
+    return 0
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     """Evaluate every baseline on one split of a file and print the metrics table."""
     from dqlray.baselines import make_baselines
@@ -244,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = dsub.add_parser("check", help="validate a price file")
     sp.add_argument("file")
     sp.set_defaults(func=cmd_data_check)
+    sp = dsub.add_parser("sp500", help="write real S&P 500 daily bars, 1999-2018 (bundled with arch, offline)")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_data_sp500)
+    sp = dsub.add_parser("shuffle", help="write a null market: a file's days in a random order (issue 11)")
+    sp.add_argument("file")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_data_shuffle)
     _add_optional_parsers(sub)
     return p
 

@@ -331,3 +331,44 @@ def flat_to_nested(flat: dict[str, Any], *, source: str = "overrides") -> dict[s
             sec, name = index[key], key
         out.setdefault(sec, {})[name] = value
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerdictConfig:
+    """How the verdict against the benchmark is computed (issue 11; :mod:`dqlray.verdict`)."""
+
+    benchmark: str = "buy_and_hold"
+    """The baseline skill is measured against (a name from ``dqlray.baselines.BASELINES``)."""
+    level: float = 0.05
+    """Significance level: the agent beats the benchmark when both one-sided p-values are at or below it."""
+    ci_level: float = 0.95
+    """Confidence level of the bootstrap interval of the information ratio."""
+    n_boot: int = 2000
+    """Stationary bootstrap replications (check 1: against the benchmark)."""
+    n_null: int = 2000
+    """Null policies made by shuffling the agent's own position stretches (check 2: against luck)."""
+    block_length: float | None = None
+    """Mean block length of the stationary bootstrap in bars; None picks it from the active returns
+    (Politis and White 2004, ``arch.bootstrap.optimal_block_length``)."""
+    pbo_blocks: int = 16
+    """Blocks S of combinatorially symmetric cross-validation (even; fewer when the validation part is short)."""
+    pbo_max_splits: int = 20_000
+    """Most in-sample/out-of-sample splits used for PBO; a seeded random subset beyond it."""
+    seed: int = 0
+    """Seed of the bootstrap, the null shuffles and any PBO subset: same seed, same verdict."""
+
+    def __post_init__(self) -> None:
+        from dqlray.baselines import BASELINES  # late: baselines import the env, which never imports config
+
+        _check(self.benchmark in BASELINES, "verdict", "benchmark", self.benchmark, "one of " + ", ".join(BASELINES))
+        _check(0 < self.level < 0.5, "verdict", "level", self.level, "a number in (0, 0.5)")
+        _check(0 < self.ci_level < 1, "verdict", "ci_level", self.ci_level, "a number in (0, 1)")
+        for name in ("n_boot", "n_null"):
+            v = getattr(self, name)
+            _check(v >= 99, "verdict", name, v, "an integer >= 99 (a p-value needs resolution below 1%)")
+        _check(self.block_length is None or self.block_length >= 1, "verdict", "block_length", self.block_length,
+               "null or a number >= 1")
+        _check(self.pbo_blocks >= 2 and self.pbo_blocks % 2 == 0, "verdict", "pbo_blocks", self.pbo_blocks,
+               "an even integer >= 2")
+        _check(self.pbo_max_splits >= 1, "verdict", "pbo_max_splits", self.pbo_max_splits, "an integer >= 1")
+        _check(self.seed >= 0, "verdict", "seed", self.seed, "an integer >= 0")

@@ -399,3 +399,64 @@ def walk_forward_folds(
         folds.append(Split(train=(train_start, train_end), val=(val_start, val_start + val_size),
                            test=(test_start, test_start + test_size)))
     return folds
+
+
+# ------------------------------------------------------------------------------------- null markets, real bars
+
+
+def shuffle_days(data: OHLCV, *, seed: int) -> OHLCV:
+    """The same days in a random order: a null market with no serial dependence (issue 11's calibration).
+
+    Each day after the first is described relative to the previous close (open, high, low and close ratios; the
+    adjusted close by its own day-on-day ratio; the volume as it was), and the days are put back in an order drawn
+    with ``seed``, chained from the first close. Fat tails, drift, gaps and each day's range stay; every serial
+    dependence (momentum, volatility clustering, regimes) goes. The timestamps stay where they were, and the last
+    close equals the original one.
+    """
+    n = len(data)
+    if n < 3:
+        raise DataError(f"{data.source}: {n} bars are too few to shuffle; need at least 3")
+    if seed < 0:
+        raise DataError(f"shuffle: seed={seed} must be >= 0")
+    order = np.random.default_rng(seed).permutation(n - 1) + 1  # original day of each new day 1 .. n-1
+
+    def ratio(a: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return (a[1:] / base[:-1])[order - 1]
+
+    # cumprod multiplies in sequence, so close[i] is exactly close[i-1] * ratio and every day's high, low and close
+    # are the same previous close times ratios in the original order: low <= close <= high still holds.
+    close = np.cumprod(np.concatenate([[data.close[0]], ratio(data.close, data.close)]))
+    prev = close[:-1]
+
+    def rebuild(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([[a[0]], prev * ratio(a, data.close)])
+
+    adj = None
+    if data.adj_close is not None:
+        adj = np.cumprod(np.concatenate([[data.adj_close[0]], ratio(data.adj_close, data.adj_close)]))
+    volume = None if data.volume is None else np.concatenate([[data.volume[0]], data.volume[order]])
+    out = OHLCV(time=data.time.copy(), open=rebuild(data.open), high=rebuild(data.high), low=rebuild(data.low),
+                close=close, volume=volume, adj_close=adj, source=f"{data.source} (days shuffled, seed {seed})")
+    for arr in (out.time, out.open, out.high, out.low, out.close, out.volume, out.adj_close):
+        if arr is not None:
+            arr.setflags(write=False)
+    return out
+
+
+def sp500() -> OHLCV:
+    """Real S&P 500 daily bars, 1999-01-04 to 2018-12-31 (5,031 bars, with Adj Close), bundled with ``arch``."""
+    from arch.data import sp500 as bundled
+
+    return frame_to_ohlcv(bundled.load().reset_index(), source="arch.data.sp500")
+
+
+def output_file(path: str | Path, *, not_input: str | Path | None = None) -> Path:
+    """Check that a price file can be written at ``path`` (.csv or .parquet, in an existing folder, not the input)."""
+    p = Path(path)
+    if p.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise DataError(f"{path}: unsupported output type {p.suffix or '(none)'!r}; allowed: .csv, .parquet")
+    if not p.parent.is_dir():
+        raise DataError(f"{path}: folder {p.parent} does not exist")
+    if not_input is not None and p.resolve() == Path(not_input).resolve():
+        raise DataError(f"{path}: is the input file; write to another file so the original is kept")
+    return p
