@@ -374,7 +374,7 @@ def _log_axis(ax: Any) -> None:
     """Log x with 1-2-5 ticks labelled like 2e−4 (matplotlib's minor labels collide on a short range)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from dqlray.report.format import fmt
+    from dqlray.formatting import fmt
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
