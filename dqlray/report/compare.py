@@ -6,7 +6,6 @@ report says so loudly when they were not (data hash, test dates, costs in bps).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from dqlray.report import plots
 from dqlray.report.folders import folder_kind, load_run, load_sweep
 from dqlray.report.format import METRICS
 from dqlray.report.html import Column, Document, Report, Row, figure, note, render_table, table_records
-from dqlray.runinfo import atomic_write_text, json_text
+from dqlray.report.tables import save_table
+from dqlray.runinfo import atomic_write_text
 
 SHOWN = ("sharpe", "total_return", "max_drawdown", "sortino", "calmar", "num_trades", "exposure")
 
@@ -205,11 +205,7 @@ def _metrics(entries: Sequence[Entry], assets: Path, images: dict[str, Path], ta
     for rec, e in zip(records, entries, strict=True):
         rec.update({"path": str(e.path.resolve()), "data_hash": e.data_hash, "data_file": e.data_file,
                     "costs_bps": e.costs_bps, "test_period": e.test_period, "git_commit": e.git_commit})
-    buf = io.StringIO()
-    pd.DataFrame(records).to_csv(buf, index=False)
-    atomic_write_text(assets / "comparison.csv", buf.getvalue())
-    atomic_write_text(assets / "comparison.json", json_text(records))
-    tables["comparison"] = assets / "comparison.csv"
+    save_table(assets, "comparison", records, tables)
     return (Markup('<p class="lead">Agent: mean ± standard deviation over seeds on each experiment\'s test split. '
                    "Best per column in green. Click a header to sort.</p>")
             + render_table("comparison", cols, rows, sortable=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,17 @@ from dqlray.formatting import fmt
 from dqlray.report import plots
 from dqlray.report.folders import RunFolder, load_run, resolve_data_file
 from dqlray.report.format import METRICS, pretty_name
-from dqlray.report.html import (
-    Document,
-    Report,
-    cards,
-    figure,
-    kv_table,
-    note,
-    render_table,
-    table_records,
+from dqlray.report.html import Document, Report, cards, figure, kv_table, note, render_table, table_records
+from dqlray.report.tables import (
+    evaluation_rows,
+    mean_sd_html,
+    metric_columns,
+    metrics_from_curves,
+    save_table,
+    seed_label,
+    versus,
 )
-from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, metrics_from_curves, seed_label, versus
-from dqlray.runinfo import atomic_write_text, json_text
+from dqlray.runinfo import atomic_write_text
 
 REPORT_DIR = "report"
 
@@ -191,7 +189,7 @@ def _metrics(run: RunFolder, out: Path, tables: dict[str, Path]) -> Markup:
     assert ev is not None
     cols = metric_columns()
     rows = evaluation_rows(ev)
-    _write_table(out, "metrics_test", table_records(cols, rows), tables)
+    save_table(out, "metrics_test", table_records(cols, rows), tables)
     html = [Markup("<h3>Test split <small>(from <code>eval.json</code>; costs {} bps)</small></h3>").format(
                 fmt(ev.get("costs_bps"), "float1")), render_table("metrics_test", cols, rows),
             Markup('<p class="lead" style="margin-top:8px">Agent: mean ± standard deviation over seeds, then each '
@@ -201,7 +199,7 @@ def _metrics(run: RunFolder, out: Path, tables: dict[str, Path]) -> Markup:
         periods = int(run.config.get("train", {}).get("periods_per_year", 252))
         val = metrics_from_curves(run.equity["val"], run.positions.get("val"), periods)
         vrows = evaluation_rows({**val, "seeds": ev.get("seeds")}, seeds=False)
-        _write_table(out, "metrics_val", table_records(cols, vrows), tables)
+        save_table(out, "metrics_val", table_records(cols, vrows), tables)
         html += [Markup("<h3>Validation split <small>(recomputed from <code>equity_val.csv</code>)</small></h3>"),
                  render_table("metrics_val", cols, vrows)]
     return Markup("").join(html)
@@ -260,11 +258,3 @@ def _flat(d: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _title(run: RunFolder, what: str) -> str:
     return f"{what} · {run.name}"
-
-
-def _write_table(out: Path, name: str, records: list[dict[str, Any]], tables: dict[str, Path]) -> None:
-    buf = io.StringIO()
-    pd.DataFrame(records).to_csv(buf, index=False)
-    atomic_write_text(out / f"{name}.csv", buf.getvalue())
-    atomic_write_text(out / f"{name}.json", json_text(records))
-    tables[name] = out / f"{name}.csv"

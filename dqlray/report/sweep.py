@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,9 @@ from dqlray.metrics import interpret_dsr
 from dqlray.report import plots
 from dqlray.report.folders import SweepFolder, load_sweep
 from dqlray.report.format import metric_label, number_kind, param_label
-from dqlray.report.html import (
-    Column,
-    Document,
-    Report,
-    Row,
-    cards,
-    figure,
-    kv_table,
-    note,
-    render_table,
-    table_records,
-)
+from dqlray.report.html import Column, Document, Report, Row, cards, figure, kv_table, note, render_table, table_records
 from dqlray.report.importance import Importance, param_importance, param_scale
-from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, versus
+from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, save_table, versus
 from dqlray.runinfo import atomic_write_text, json_text
 
 REPORT_DIR = "report"
@@ -153,7 +141,7 @@ def _winner(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[st
                            alt="winner drawdown"))
     cols = metric_columns()
     rows = evaluation_rows(ev)
-    _write(out, "metrics_test", table_records(cols, rows), tables)
+    save_table(out, "metrics_test", table_records(cols, rows), tables)
     html.append(Markup("<h3>Test metrics</h3>") + render_table("metrics_test", cols, rows))
     d = s.get("deflated_sharpe") or {}
     dsr_items: list[tuple[str, Any]] = [
@@ -213,7 +201,7 @@ def _trials(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[st
                                                                     f"{sw.name}")
         long = pd.concat([df.assign(trial_id=tid)[["trial_id", "episodes", sw.metric]] for tid, df in sw.curves.items()
                           if "episodes" in df and sw.metric in df], ignore_index=True)
-        _write(out, "curves", long.to_dict("records"), tables)
+        save_table(out, "curves", long.to_dict("records"), tables)
         html.append(figure(images["rungs"], "Each line is a trial's validation score after each episode. At every "
                            "ASHA rung (dashed) only the best 1/reduction_factor of the trials that reached it go on; "
                            "the others stop there (✕). The winner is the best trial that ran the full budget.",
@@ -254,7 +242,7 @@ def _hyperparameters(sw: SweepFolder, out: Path, images: dict[str, Path], tables
 def _importance_html(imp: Importance, sw: SweepFolder, out: Path, images: dict[str, Path],
                      tables: dict[str, Path]) -> Markup:
     records = [{"param": k, "importance": v} for k, v in imp.values.items()]
-    _write(out, "importance", records, tables)
+    save_table(out, "importance", records, tables)
     atomic_write_text(out / "importance_meta.json", json_text({"method": imp.method, "n_trials": imp.n_trials,
                                                                "note": imp.note}))
     html = [Markup("<h3>Which hyperparameters mattered</h3>")]
@@ -306,12 +294,4 @@ def _provenance(sw: SweepFolder) -> Markup:
 
 def _base_data_file(meta: dict[str, Any]) -> Any:
     return meta.get("base_config", {}).get("data", {}).get("data_file")
-
-
-def _write(out: Path, name: str, records: list[dict[str, Any]], tables: dict[str, Path]) -> None:
-    buf = io.StringIO()
-    pd.DataFrame(records).to_csv(buf, index=False)
-    atomic_write_text(out / f"{name}.csv", buf.getvalue())
-    atomic_write_text(out / f"{name}.json", json_text(records))
-    tables[name] = out / f"{name}.csv"
 

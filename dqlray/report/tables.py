@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ from dqlray.formatting import fmt, fmt_sd
 from dqlray.metrics import finite_or_none
 from dqlray.report.format import METRICS, pretty_name
 from dqlray.report.html import Column, Row, esc
+from dqlray.runinfo import atomic_write_text, json_text
 
 
 def metric_columns(first: str = "Policy") -> list[Column]:
@@ -81,3 +84,12 @@ def mean_sd_html(mean: Any, sd: Any, kind: str) -> Markup:
     """``0.63 <span class="sd">± 0.65</span>`` for a headline card."""
     s = fmt_sd(sd, kind)
     return esc(fmt(mean, kind)) + (Markup(' <span class="sd">{}</span>').format(s) if s else "")
+
+
+def save_table(out: Path, name: str, records: list[dict[str, Any]], tables: dict[str, Path]) -> None:
+    """Write a report's table as ``<out>/<name>.csv`` and ``.json`` (NaN as null), and record the CSV in ``tables``."""
+    buf = io.StringIO()
+    pd.DataFrame(records).to_csv(buf, index=False)
+    atomic_write_text(out / f"{name}.csv", buf.getvalue())
+    atomic_write_text(out / f"{name}.json", json_text(records))
+    tables[name] = out / f"{name}.csv"
