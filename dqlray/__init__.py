@@ -5,7 +5,9 @@ Gymnasium users expect of a package that provides environments::
 
     import dqlray
     import gymnasium as gym
-    env = gym.make("dqlray/Trading-v0", data=dqlray.data.synth_market(2000, seed=0))  # or market=..., see TradingEnv
+    from dqlray.data import synth_market
+
+    env = gym.make("dqlray/Trading-v0", data=synth_market(2000, seed=0))  # or market=...: see TradingEnv
 """
 
 from __future__ import annotations
