@@ -42,11 +42,19 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
 }
 
 
+class UsageError(ConfigError):
+    """A misused command line, reported under the name of the (sub)command, as argparse itself would."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so every usage error becomes one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}")
+        raise UsageError(self.prog, message)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -115,9 +123,11 @@ def _make_notifier(args: argparse.Namespace, experiment: str) -> Any:
 
 def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
     """Train one experiment, evaluate it once on the test split, save everything (and a report)."""
+    from dqlray.runinfo import check_folder
     from dqlray.workflow import run_experiment
 
     config = config_from_args(args)
+    check_folder(config.train.results_dir, "--results_dir")
     stop = _StopFlag()
     stop.install()
     notifier = _make_notifier(args, config.train.experiment_name)
@@ -187,7 +197,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from dqlray.data import data_hash, load_ohlcv
 
     d = load_ohlcv(args.file)
-    print(f"{args.file}: OK, {len(d)} bars from {pd.Timestamp(d.time[0])} to {pd.Timestamp(d.time[-1])}, "
+    print(f"{d.source}: OK, {len(d)} bars from {pd.Timestamp(d.time[0])} to {pd.Timestamp(d.time[-1])}, "
           f"hash {data_hash(d)}{', adjusted close' if d.adj_close is not None else ''}")
     return 0
 
@@ -296,11 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run a command body: user mistakes print one line naming ``prog`` and exit 2; Ctrl-C exits 130."""
+    """Run a command body: user mistakes print one line naming ``prog`` and exit 2; Ctrl-C exits 130.
+
+    The line carries one prefix: ``prog: error: message``, or for a misused flag the subcommand's name as argparse
+    gives it (``dqlray train: error: argument --episodes: ...``).
+    """
     try:
         return body()
     except (DqlrayError, FileNotFoundError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{e.prog if isinstance(e, UsageError) else prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

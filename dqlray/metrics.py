@@ -18,7 +18,9 @@ EULER_GAMMA = 0.5772156649015329
 
 
 def finite_or_none(value: object) -> float | None:
-    """``value`` as a float when it is a finite number, else None (for tables and messages)."""
+    """``value`` as a float when it is a finite number, else None (for tables and messages; a bool is not a number)."""
+    if isinstance(value, bool):
+        return None
     try:
         f = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

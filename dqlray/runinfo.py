@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -11,6 +12,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from dqlray.errors import DqlrayError
 
 _PACKAGES = ("dqlray", "numpy", "pandas", "torch", "gymnasium", "ray", "optuna", "matplotlib")
 
@@ -67,6 +70,20 @@ def git_commit(path: str | Path | None = None) -> str:
         return "unknown"
 
 
+def check_folder(path: str | Path, what: str) -> None:
+    """Refuse, in one line, a folder path that cannot be created because it or a parent is a file (issue 13 item 8).
+
+    ``what`` names the setting (``--results_dir``). A path that does not exist yet is fine: it is created later.
+    """
+    p = Path(path)
+    for part in (p, *p.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == p else f"is inside {part}, which is a file"
+                raise DqlrayError(f"{what} {path}: {where}, not a folder")
+            return
+
+
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename, so a reader never sees half a file."""
     p = Path(path)
@@ -84,17 +101,23 @@ def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> N
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON (NaN written as null)."""
-    atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+    """Atomically write ``obj`` as :func:`json_text`."""
+    atomic_write_text(path, json_text(obj))
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+def json_text(obj: Any) -> str:
+    """Indented JSON of ``obj`` with NaN and infinity written as null (strict JSON; see :func:`json_ready`)."""
+    return json.dumps(json_ready(obj), indent=2) + "\n"
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with NaN and infinity as None, NumPy scalars as Python numbers, tuples as lists and keys as strings."""
     if hasattr(obj, "item") and callable(obj.item):
-        return _clean(obj.item())
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
     return obj

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
 from dqlray.errors import DqlrayError
 from dqlray.evaluation import EvalResult, evaluate_policy
+from dqlray.formatting import fmt
 from dqlray.market import Market
 from dqlray.parts import build_market, make_learner
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
@@ -152,11 +152,8 @@ def format_metrics_table(evaluation: dict[str, Any]) -> str:
 
 
 def _fmt(v: float, key: str, short: bool = False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "nan"
-    if key == "num_trades":
-        return f"{v:.0f}" if not short else f"{v:.0f}"
-    return f"{v:.2f}" if short else f"{v:.3f}"
+    # A cell of the terminal tables: plain text (ASCII minus, no separators) for grep, "nan" when missing.
+    return fmt(v, "int" if key == "num_trades" else "ratio" if short else "float3", missing="nan", plain=True)
 
 
 def run_experiment(

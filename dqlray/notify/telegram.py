@@ -465,13 +465,8 @@ def _image_type(path: Path) -> str:
             ".webp": "image/webp"}.get(path.suffix.lower(), "application/octet-stream")
 
 
-def describe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
-    """A one-line, redacted description of any exception (for logs and command output)."""
-    return redact(f"{type(exc).__name__}: {exc}", secrets).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 __all__ = [
     "CAPTION_LIMIT", "MESSAGE_LIMIT", "TelegramApiError", "TelegramClient", "TelegramError", "TelegramRetryAfter",
-    "TelegramTransportError", "describe_error", "esc", "html_to_plain", "split_html", "tail_text", "truncate_html",
+    "TelegramTransportError", "esc", "html_to_plain", "split_html", "tail_text", "truncate_html",
     "utf16_len", "visible_len",
 ]

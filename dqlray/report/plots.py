@@ -131,12 +131,17 @@ def plot_equity(eq: pd.DataFrame, path: Path, *, title: str, show_seeds: bool = 
         if "agent_mean" in eq:
             y = eq["agent_mean"].to_numpy(dtype=float)
             ax.plot(x, y, color=AGENT, lw=2.4, zorder=4, label=f"agent, mean of seeds  {pct(y[-1] - 1)}")
-        ax.axhline(1.0, color="#c5cad4", lw=0.8, zorder=1)
-        ax.set_title(title)
-        ax.set_ylabel("value of 1 invested")
-        _date_axis(ax)
-        _legend_outside(ax)
-        return _save(fig, path)
+        return _finish_value_axes(fig, ax, title, "value of 1 invested", path)
+
+
+def _finish_value_axes(fig: Any, ax: Any, title: str, ylabel: str, path: Path) -> Path:
+    """The common end of an equity chart: the break-even line at 1, title, labels, date axis and legend; saved."""
+    ax.axhline(1.0, color="#c5cad4", lw=0.8, zorder=1)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    _date_axis(ax)
+    _legend_outside(ax)
+    return _save(fig, path)
 
 
 def drawdown(values: np.ndarray) -> np.ndarray:
@@ -374,7 +379,7 @@ def _log_axis(ax: Any) -> None:
     """Log x with 1-2-5 ticks labelled like 2e−4 (matplotlib's minor labels collide on a short range)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from dqlray.report.format import fmt
+    from dqlray.formatting import fmt
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -469,12 +474,7 @@ def plot_compare_equity(series: Sequence[tuple[str, np.ndarray, np.ndarray]],
             ax.plot(x, y, color="#2b2b2b", ls=(0, (5, 2)), lw=1.2, label=f"{label}  {pct(y[-1] - 1)}", zorder=2)
         for i, (label, x, y) in enumerate(series):
             ax.plot(x, y, color=PALETTE[i % len(PALETTE)], lw=2.0, label=f"{label}  {pct(y[-1] - 1)}", zorder=3)
-        ax.axhline(1.0, color="#c5cad4", lw=0.8, zorder=1)
-        ax.set_title(title)
-        ax.set_ylabel("value of 1 invested (agent mean of seeds)")
-        _date_axis(ax)
-        _legend_outside(ax)
-        return _save(fig, path)
+        return _finish_value_axes(fig, ax, title, "value of 1 invested (agent mean of seeds)", path)
 
 
 def plot_compare_bars(labels: Sequence[str], means: Sequence[float], sds: Sequence[float], refs: Sequence[float | None],

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dqlray.config import SECTIONS, ExperimentConfig, build_config, field_index, flat_to_nested, load_yaml
+from dqlray.config import SECTIONS, ExperimentConfig, build_config, check_finite, field_index, flat_to_nested, load_yaml
 from dqlray.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -51,6 +52,7 @@ class SweepConfig:
             if not ok:
                 raise ConfigError(f"sweep.{name}={getattr(self, name)!r} is not allowed: {allowed}")
 
+        check_finite(self, "sweep")
         check(self.search in ("optuna", "random", "grid"), "search", "optuna, random or grid")
         check(self.num_samples >= 1, "num_samples", "an integer >= 1")
         check(self.scheduler in ("asha", "none"), "scheduler", "asha or none")
@@ -82,6 +84,10 @@ def _check_key(key: str, source: str, section: str) -> None:
                           "agent.learning_rate)")
 
 
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def parse_sweep_file(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None,
                      sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
     """Read a sweep YAML; ``overrides`` apply to the base config, ``sweep_overrides`` to the sweep settings."""
@@ -101,8 +107,10 @@ def parse_sweep_file(path: str | Path, overrides: dict[str, dict[str, Any]] | No
             raise ConfigError(f"{src}: search.{key} must be one of {{loguniform|uniform|randint: [low, high]}} or "
                               "{choice: [values]}")
         kind, args = next(iter(spec.items()))
-        if kind != "choice" and not (isinstance(args, list) and len(args) == 2 and args[0] < args[1]):
-            raise ConfigError(f"{src}: search.{key}: {kind} needs [low, high] with low < high, got {args!r}")
+        if kind != "choice" and not (isinstance(args, list) and len(args) == 2 and all(map(_finite_number, args))
+                                     and args[0] < args[1]):
+            raise ConfigError(f"{src}: search.{key}: {kind} needs [low, high], finite numbers with low < high, "
+                              f"got {args!r}")
         if kind == "choice" and not (isinstance(args, list) and args):
             raise ConfigError(f"{src}: search.{key}: choice needs a non-empty list")
         if kind == "loguniform" and args[0] <= 0:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dqlray.cli import EXIT_RESUMABLE
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
 from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
@@ -41,7 +42,6 @@ from dqlray.tuning.trainable import dqn_trainable
 from dqlray.workflow import evaluate_all, format_metrics_table, learner_from_checkpoint, save_curves
 
 TIME_ATTR = "episodes"  # the same in every trial: one episode = the same number of env steps per seed
-EXIT_RESUMABLE = 75
 
 
 @dataclass(frozen=True)
