@@ -227,7 +227,8 @@ def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: 
         out(f"Stopped at episode {result.final.get('episodes')}; resume with --resume")
         return RunOutcome(run_dir, result, None)
     evaluation, curves = evaluate_all(result.learner, result.market, config, "test")
-    evaluation["model_path"] = result.last_checkpoint
+    # a resumed run that had already finished writes no new checkpoint: its model is the newest one
+    evaluation["model_path"] = result.last_checkpoint or str(list_checkpoints(ckpt_dir)[-1])
     write_json(run_dir / "eval.json", evaluation)
     save_curves(run_dir, curves, "test")
     _, val_curves = evaluate_all(result.learner, result.market, config, "val")
