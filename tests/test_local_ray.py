@@ -219,3 +219,30 @@ def test_local_ray_is_private_and_a_killed_drivers_orphans_are_stopped_by_the_ne
                 except ProcessLookupError:
                     pass
             other.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_with_its_state_saved_its_folder_unlocked_and_its_ray_gone(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "XDG_STATE_HOME", TAG_VAR, "TELEGRAM_", "DQLRAY_NOTIFY"))}
+    env["HOME"] = str(home)
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(SWEEP))
+    exp = tmp_path / "store" / "term"
+    p = subprocess.Popen([sys.executable, str(ROOT / "tune_main.py"), "--config", str(cfg), "--experiment-name", "term",
+                          "--storage-path", str(tmp_path / "store"), "--no-dashboard", "--max-concurrent", "1"],
+                         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(exp.glob("trial_*/result.json")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    sessions = home / ".local" / "state" / "dqlray" / "ray" / "sessions"
+    rec = json.loads(next(sessions.glob("*.json")).read_text())
+    p.terminate()  # SIGTERM, as `kill` or a scheduler sends it; Ray's own handler would abort the driver (134)
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 75, out[-3000:]
+    assert "state saved. Resume with: python tune_main.py --resume --experiment-name term" in out
+    assert not (exp / "dqlray.lock").exists() and not list(sessions.glob("*.json"))
+    assert tagged_processes(TAG_VAR, rec["tag"], path=rec["temp_dir"]) == {}
+    assert not Path(rec["temp_dir"]).exists()

@@ -11,6 +11,8 @@ import dataclasses
 import io
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -374,6 +376,7 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
                 "data_hash": data_hash(data), "expected_trials": expected_trials(sf), "git_commit": git_commit(),
                 "versions": package_versions()}
     cluster = _init_ray(run, out, local)
+    _stop_on_sigterm()
     try:
         callbacks = []
         sweep_notifier = None
@@ -436,6 +439,13 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         raise
     finally:
         ray.shutdown()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the sweep as SIGUSR1 does (Tune saves the state; exit 75; the folder is unlocked). Set again
+    after ``ray.init``, whose failure-signal handler takes SIGTERM over and aborts the driver (exit 134)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGUSR1))
 
 
 def _finished_trials(exp: Path) -> int:
