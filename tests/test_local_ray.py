@@ -105,6 +105,19 @@ SWEEP = {
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::ffff:127\.\d+\.\d+\.\d+\]|\[::1\]):\d+$")
 
 
+def sweep_env(tmp_path):
+    """An environment with a home of its own (the token and session records land there, Ray's ~/.ray would too) and
+    no Ray or notification settings of the caller's; and the sweep file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "XDG_STATE_HOME", TAG_VAR, "TELEGRAM_", "DQLRAY_NOTIFY"))}
+    env["HOME"] = str(home)
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(SWEEP))
+    return env, cfg
+
+
 def listening(pids):
     """Local addresses on which ``pids`` accept TCP connections (from ``ss -ltnp``)."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
@@ -136,14 +149,9 @@ def descendants(root):
 
 @pytest.mark.slow
 def test_local_ray_is_private_and_a_killed_drivers_orphans_are_stopped_by_the_next_sweep(tmp_path):
-    home, other_home = tmp_path / "home", tmp_path / "other"
-    home.mkdir()
+    env, cfg = sweep_env(tmp_path)
+    home, other_home = Path(env["HOME"]), tmp_path / "other"
     other_home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "XDG_STATE_HOME", TAG_VAR, "TELEGRAM_", "DQLRAY_NOTIFY"))}
-    env["HOME"] = str(home)
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(SWEEP))
     exp = tmp_path / "store" / "orph"
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--config", str(cfg), "--experiment-name", "orph",
            "--storage-path", str(tmp_path / "store"), "--max-concurrent", "1"]
@@ -223,13 +231,8 @@ def test_local_ray_is_private_and_a_killed_drivers_orphans_are_stopped_by_the_ne
 
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_with_its_state_saved_its_folder_unlocked_and_its_ray_gone(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "XDG_STATE_HOME", TAG_VAR, "TELEGRAM_", "DQLRAY_NOTIFY"))}
-    env["HOME"] = str(home)
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text(yaml.safe_dump(SWEEP))
+    env, cfg = sweep_env(tmp_path)
+    home = Path(env["HOME"])
     exp = tmp_path / "store" / "term"
     p = subprocess.Popen([sys.executable, str(ROOT / "tune_main.py"), "--config", str(cfg), "--experiment-name", "term",
                           "--storage-path", str(tmp_path / "store"), "--no-dashboard", "--max-concurrent", "1"],
