@@ -98,7 +98,7 @@ SWEEP = {
     "data": {"data_file": str(ROOT / "data" / "test_small.csv")},
     "env": {"episode_length": 60},
     "agent": {"learning_starts": 50, "buffer_size": 2000},
-    "train": {"episodes": 60, "num_seeds": 1, "checkpoint_every": 2},
+    "train": {"episodes": 5000, "num_seeds": 1, "checkpoint_every": 2},  # runs until the test stops it
     "search": {"agent.learning_rate": {"loguniform": [1e-4, 1e-2]}},
     "sweep": {"search": "random", "num_samples": 2, "seed": 3},
 }
@@ -199,6 +199,7 @@ def test_local_ray_is_private_and_a_killed_drivers_orphans_are_stopped_by_the_ne
         other_procs = descendants(other.pid)
         assert len(other_procs) >= 3
         # item 10: a crash kills the driver only; the agents outlive it
+        assert driver.poll() is None
         driver.kill()
         driver.wait()
         time.sleep(5)

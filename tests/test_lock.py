@@ -100,7 +100,7 @@ FAST = ["--data_file", "data/test_small.csv", "--set", "env.episode_length=100",
 
 
 def test_two_train_runs_of_one_name_the_second_is_refused_and_sigterm_unlocks(tmp_path):
-    args = [sys.executable, "train_single.py", "--episodes", "400", "--experiment_name", "dupS",
+    args = [sys.executable, "train_single.py", "--episodes", "5000", "--experiment_name", "dupS",
             "--results_dir", str(tmp_path), *FAST]
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "dupS"
