@@ -5,6 +5,7 @@ any node refused up front."""
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -217,10 +218,13 @@ def test_local_ray_is_private_and_a_killed_drivers_orphans_are_stopped_by_the_ne
         assert own_ray() == {}
         assert all(alive(pid) for pid in other_procs), [p for p in other_procs if not alive(p)]
         assert not list((state / "sessions").glob("*.json")) and not (exp / "dqlray.lock").exists()
+        assert stat.S_IMODE(Path(rec["temp_dir"]).stat().st_mode) == 0o700  # the crashed Ray's logs: private, kept
     finally:
         log.close()
         if driver.poll() is None:
             driver.kill()
+        if "rec" in locals():
+            shutil.rmtree(rec["temp_dir"], ignore_errors=True)
         if other is not None:
             for pid in sorted(descendants(other.pid), reverse=True):
                 try:

@@ -95,16 +95,23 @@ class LocalRay:
     token: Path | None
     record: Path
 
+    @property
+    def ray_temp_dir(self) -> Path:
+        """Ray's temp dir, inside ``temp_dir``: Ray opens it to everyone (0777, again and again), the 0700
+        ``temp_dir`` around it keeps its logs and sockets the driver's own."""
+        return self.temp_dir / "r"
+
     def processes(self) -> dict[int, str]:
         """This Ray's processes that still run."""
         return tagged_processes(TAG_VAR, self.tag, path=str(self.temp_dir))
 
 
-def _ray_temp_dir() -> Path:
-    """A new private temp dir for one local Ray. Short: Ray's socket paths below it (``session_<date>_<pid>/sockets/
-    plasma_store``, 67 bytes) must stay within Linux's 107 bytes, so a long ``$TMPDIR`` gives way to /tmp."""
+def _private_temp_dir() -> Path:
+    """A new private (0700) temp dir for one local Ray. Short: Ray's socket paths below it (``r/session_<date>_
+    <pid>/sockets/plasma_store``, 69 bytes) must stay within Linux's 107 bytes, so a long ``$TMPDIR`` gives way to
+    /tmp."""
     base = tempfile.gettempdir()
-    if len(base) + 30 + 67 > 107:
+    if len(base) + 20 + 69 > 107:
         base = "/tmp"
     with guarded_write(base, "Ray's temp dir"):
         return Path(tempfile.mkdtemp(prefix="dqlray-ray-", dir=base))
@@ -162,7 +169,7 @@ def local_ray_environment(experiment: Path, out: Callable[[str], None] = print) 
             env["RAY_AUTH_TOKEN_PATH"] = str(token)
         elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
             token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
-    ray = LocalRay(tag=tag, temp_dir=_ray_temp_dir(), token=token,
+    ray = LocalRay(tag=tag, temp_dir=_private_temp_dir(), token=token,
                    record=private_dir(directory / "sessions") / f"{tag}.json")
     atomic_write_text(ray.record, json.dumps({"tag": tag, "driver": me.to_dict(), "temp_dir": str(ray.temp_dir),
                                               "experiment": str(experiment)}) + "\n")

@@ -107,7 +107,7 @@ def _init_ray(run: SweepRun, out: Any, local: LocalRay | None) -> ClusterResourc
     if address is None:
         kwargs["include_dashboard"] = run.dashboard
         if local is not None:
-            kwargs["_temp_dir"] = str(local.temp_dir)  # its own, so a crash's leftovers can be told apart
+            kwargs["_temp_dir"] = str(local.ray_temp_dir)  # its own, so a crash's leftovers can be told apart
         if not run.dashboard:
             kwargs["num_cpus"] = os.cpu_count()
     ctx = ray.init(**kwargs)
