@@ -315,7 +315,7 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
         return body()
     except (DqlrayError, FileNotFoundError) as e:
         print(f"{e.prog if isinstance(e, UsageError) else prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(e, "exit_code", EXIT_USAGE)  # 74 when a write failed (disk full, read-only)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -26,8 +26,9 @@ from dqlray.dqn import DQNLearner, GreedyPolicy
 from dqlray.errors import DqlrayError
 from dqlray.evaluation import evaluate_policy
 from dqlray.market import Market
-from dqlray.parts import build_market, build_parts
+from dqlray.parts import build_market, build_parts, make_learner
 from dqlray.replay import BYTES_PER_TRANSITION
+from dqlray.runinfo import guarded_write
 from dqlray.vec_env import VecTradingEnv
 
 ReportFn = Callable[[dict[str, Any], str | None], None]
@@ -57,6 +58,14 @@ def replay_bytes(config: ExperimentConfig) -> int:
     return config.train.num_seeds * config.agent.buffer_size * BYTES_PER_TRANSITION
 
 
+def checkpoint_bytes(config: ExperimentConfig, market: Market) -> int:
+    """About the size of one checkpoint of ``config``: the learner's state (networks, optimiser moments) plus the
+    replay transitions a run of its budget can hold. For checking the room on a results filesystem up front."""
+    held = min(config.agent.buffer_size, config.train.episodes * steps_per_episode(config, market))
+    learner = make_learner(config.replace({"train": {"device": "cpu"}}), market)
+    return _nbytes(learner.state_dict()) + config.train.num_seeds * held * BYTES_PER_TRANSITION
+
+
 def steps_per_episode(config: ExperimentConfig, market: Market) -> int:
     """Env steps per seed that make one episode of the budget."""
     a, b = market.part("train")
@@ -64,26 +73,77 @@ def steps_per_episode(config: ExperimentConfig, market: Market) -> int:
 
 
 class _Checkpointer:
-    """Atomic checkpoint directories (written to a temporary name, then renamed) with rotation."""
+    """Atomic checkpoint directories (written to a temporary name, then renamed) with rotation.
+
+    A checkpoint that cannot be written (disk full, quota, read-only, no permission) raises one
+    :class:`~dqlray.errors.WriteFailed` line naming the folder and the checkpoint's size; its temporary directory
+    is removed and the earlier checkpoints stay (rotation only runs after a new one is complete; issue 13).
+    """
 
     def __init__(self, root: Path, keep: int) -> None:
         self.root = root
         self.keep = keep
-        root.mkdir(parents=True, exist_ok=True)
+        with guarded_write(root.parent, root.name):
+            root.mkdir(parents=True, exist_ok=True)
 
     def save(self, episode: int, state: dict) -> str:
         final = self.root / f"ckpt_{episode:06d}"
         tmp = self.root / f".tmp_ckpt_{episode:06d}_{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir()
-        torch.save(state, tmp / CHECKPOINT_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        out = _RecordingWriter()
+        try:
+            with guarded_write(self.root, f"the checkpoint of episode {episode}", _nbytes(state)):
+                tmp.mkdir()
+                try:
+                    with open(tmp / CHECKPOINT_FILE, "wb") as out.file:
+                        torch.save(state, out)
+                except RuntimeError:
+                    # torch reports a failed write as "enforce fail at inline_container.cc"; the OSError behind
+                    # it (ENOSPC, ...) was recorded on its way through.
+                    if out.error is None:
+                        raise
+                    raise out.error from None
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         for old in list_checkpoints(self.root)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
+
+
+class _RecordingWriter:
+    """A file for ``torch.save`` that remembers the first OSError of a write (torch replaces it by a RuntimeError)."""
+
+    def __init__(self) -> None:
+        self.file: Any = None
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _nbytes(obj: Any) -> int:
+    """About what ``obj`` takes in a checkpoint: the bytes of its arrays and tensors (plus a little per object)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values()) + 64
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj) + 16
+    return 16
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

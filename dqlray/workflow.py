@@ -24,9 +24,10 @@ from dqlray.baselines import make_baselines
 from dqlray.config import ExperimentConfig, load_config
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
-from dqlray.errors import DqlrayError
+from dqlray.errors import DqlrayError, WriteFailed
 from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.formatting import fmt
+from dqlray.lock import hold_folder
 from dqlray.market import Market
 from dqlray.parts import build_market, make_learner
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
@@ -165,9 +166,23 @@ def run_experiment(
     should_stop: Callable[[], bool] | None = None,
     out: Callable[[str], None] = print,
 ) -> RunOutcome:
-    """Train, checkpoint, evaluate once on the test part, and save everything under the run folder."""
+    """Train, checkpoint, evaluate once on the test part, and save everything under the run folder.
+
+    The run folder is locked for the whole run (:func:`dqlray.lock.hold_folder`): a second run of the same
+    experiment is refused with one line instead of overwriting this one's results.
+    """
     data = load_ohlcv(config.data.data_file)
+    market = build_market(config, data)
+    resolve_device(config.train.device)  # refuse an unavailable device before anything is written
     run_dir = run_dir_of(config)
+    with hold_folder(run_dir, flag="--experiment_name", out=out):
+        return _run_locked(config, data, market, run_dir, resume=resume, notifier=notifier, progress=progress,
+                           should_stop=should_stop, out=out)
+
+
+def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: Path, *, resume: bool,
+                notifier: Any, progress: bool | None, should_stop: Callable[[], bool] | None,
+                out: Callable[[str], None]) -> RunOutcome:
     ckpt_dir = run_dir / "checkpoints"
     state = None
     if resume:
@@ -182,8 +197,6 @@ def run_experiment(
         state = load_checkpoint(ckpt_dir)
     elif (run_dir / "metrics.csv").exists() or list_checkpoints(ckpt_dir):
         raise DqlrayError(f"{run_dir} already holds a run; use --resume to continue it, or another --experiment_name")
-    market = build_market(config, data)
-    resolve_device(config.train.device)  # refuse an unavailable device before anything is written
     if not resume:
         write_run_header(run_dir, config, data, market)
     tc = config.train
@@ -200,13 +213,19 @@ def run_experiment(
             if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
                 notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
 
-    result = train(config, market, report=report, checkpoint_dir=ckpt_dir, resume_from=state,
-                   progress=progress, should_stop=should_stop)
+    try:
+        result = train(config, market, report=report, checkpoint_dir=ckpt_dir, resume_from=state,
+                       progress=progress, should_stop=should_stop)
+    except WriteFailed as e:
+        if list_checkpoints(ckpt_dir):
+            raise WriteFailed(f"{e}; once there is room, continue with --resume") from None
+        raise
     if result.stopped_early:
         out(f"Stopped at episode {result.final.get('episodes')}; resume with --resume")
         return RunOutcome(run_dir, result, None)
     evaluation, curves = evaluate_all(result.learner, result.market, config, "test")
-    evaluation["model_path"] = result.last_checkpoint
+    # a resumed run that had already finished writes no new checkpoint: its model is the newest one
+    evaluation["model_path"] = result.last_checkpoint or str(list_checkpoints(ckpt_dir)[-1])
     write_json(run_dir / "eval.json", evaluation)
     save_curves(run_dir, curves, "test")
     _, val_curves = evaluate_all(result.learner, result.market, config, "val")

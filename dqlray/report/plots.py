@@ -7,6 +7,7 @@ left open in a long-running driver.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dqlray.report.format import metric_label, param_label, pretty_name
+from dqlray.runinfo import guarded_write
 
 DPI = 150
 AGENT = "#1f4e9c"
@@ -51,16 +53,28 @@ def _figure(width: float, height: float, **kw: Any) -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     """Save as PNG, reduced to a 256-colour palette: a third of the bytes, no visible change for line charts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    try:
-        from PIL import Image  # a dependency of matplotlib
+    tmp = path.with_name(f".{path.name}.partial.png")
+    try:  # written to a temporary name, then renamed: a full disk leaves the earlier picture (issue 13)
+        with guarded_write(path.parent, path.name):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(tmp, dpi=DPI, facecolor="white")
+            small = None
+            try:
+                from PIL import Image  # a dependency of matplotlib
 
-        with Image.open(path) as im:
-            q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        q.save(path, optimize=True)
-    except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
-        pass
+                with Image.open(tmp) as im:
+                    q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                                   dither=Image.Dither.NONE)
+                buf = io.BytesIO()
+                q.save(buf, format="PNG", optimize=True)
+                small = buf.getvalue()
+            except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
+                pass
+            if small is not None:
+                tmp.write_bytes(small)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

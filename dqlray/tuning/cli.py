@@ -57,6 +57,9 @@ def tune_main(argv: Sequence[str] | None = None, *, trainable: Any = None) -> in
     # kill the driver by default: remember it instead, and stop before starting trials.
     early: list[int] = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: early.append(signum))
+    # SIGTERM stops the sweep as SIGUSR1 does (state saved, exit 75, the experiment folder unlocked; issue 13):
+    # re-sent as SIGUSR1, it reaches the handler above before the sweep starts and Tune's own during it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGUSR1))
     return run_cli("tune_main.py",
                    lambda: _run(build_tune_parser().parse_args(argv), stop_requested=lambda: bool(early),
                                 trainable=trainable))

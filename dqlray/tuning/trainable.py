@@ -16,6 +16,7 @@ from typing import Any
 
 from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV
+from dqlray.runinfo import free_bytes, short_of_space
 from dqlray.trainer import train
 from dqlray.tuning.space import trial_config
 
@@ -37,6 +38,7 @@ def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig
             clean = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in metrics.items()}
             clean = {k: v for k, v in clean.items() if v is not None}
             if checkpoint is not None:
+                _check_room(tune.get_context().get_trial_dir(), checkpoint, metrics.get("episodes"))
                 tune.report(clean, checkpoint=tune.Checkpoint.from_directory(checkpoint))
             else:
                 tune.report(clean)
@@ -44,3 +46,15 @@ def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig
         train(cfg, data, report=report, checkpoint_dir=work / "checkpoints", resume_from=resume_from, progress=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+TRIAL_MARGIN = 256 * 1024  # the trial's result rows and error file still fit after its checkpoint
+
+
+def _check_room(trial_dir: str, checkpoint: str, episode: Any) -> None:
+    """Refuse (one line) to hand Tune a checkpoint its storage has no room for: Tune would copy part of it into the
+    trial's folder and leave that behind (issue 13). The trial's earlier checkpoints stay."""
+    size = sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
+    free = free_bytes(trial_dir)
+    if free is not None and free < size + TRIAL_MARGIN:
+        raise short_of_space(trial_dir, f"the checkpoint of episode {episode}", size + TRIAL_MARGIN)
