@@ -9,7 +9,7 @@ import pytest
 
 from dqlray import verdict as V
 from dqlray.baselines import BuyAndHold
-from dqlray.config import VerdictConfig
+from dqlray.config import EnvConfig, VerdictConfig
 from dqlray.data import synth_market
 from dqlray.errors import ConfigError
 from dqlray.evaluation import evaluate_policy
@@ -173,10 +173,11 @@ def test_shuffle_keeps_exposure_and_trades_exactly(states):
 
 def test_null_returns_come_from_the_env_pricing():
     m = Market.build(synth_market(900, seed=2))
-    ev = evaluate_policy(LongBiased(0.5, 1), m, part="test", n_envs=3, positions="long_flat")
+    ev = evaluate_policy(LongBiased(0.5, 1), m, part="test", n_envs=3, env=EnvConfig(positions="long_flat"))
     priced = V.price_positions(ev.positions, V.part_returns(m, "test"), COST)
     assert np.max(np.abs(priced - ev.returns)) < 1e-12
-    ls = evaluate_policy(LongBiased(0.5, 2), m, part="test", n_envs=2, positions="long_short", fee_bps=3.0)
+    ls = evaluate_policy(LongBiased(0.5, 2), m, part="test", n_envs=2,
+                         env=EnvConfig(positions="long_short", fee_bps=3.0))
     priced = V.price_positions(ls.positions, V.part_returns(m, "test"), 4e-4)
     assert np.max(np.abs(priced - ls.returns)) < 1e-12
 
