@@ -18,8 +18,7 @@ from dqlray.notify.credentials import (
     SmtpConfig,
     load_notify_config,
 )
-from dqlray.notify.redact import MASK, RedactingFilter, redact
-from dqlray.notify.telegram import (
+from dqlray.notify.messages import (
     MESSAGE_LIMIT,
     html_to_plain,
     split_html,
@@ -28,6 +27,7 @@ from dqlray.notify.telegram import (
     utf16_len,
     visible_len,
 )
+from dqlray.notify.redact import MASK, RedactingFilter, redact
 
 EXPERIMENT = "hp_sweep_lr0.001_g0.99"
 

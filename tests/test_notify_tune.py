@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from fake_telegram import FakeTelegram
 
-from dqlray.notify import NotifyConfig
+from dqlray.notify import Notifier, NotifyConfig
 from dqlray.notify.tune_callback import TelegramTuneCallback
 
 CHAT = "4242"
 EXPERIMENT = "hp_sweep_lr0.001_g0.99"
-MAX_T = 1000
+MAX_T = 10  # episodes: report() below reports step // 100 of them
 
 
 @dataclass
@@ -43,6 +43,10 @@ def make_cfg(tg, tmp_path, **kw) -> NotifyConfig:
     return NotifyConfig(token=tg.token, chat_id=CHAT, api_base=tg.url, spool_dir=tmp_path / "spool", **kw)
 
 
+def notifier_for(tg, tmp_path, **kw) -> Notifier:
+    return Notifier(make_cfg(tg, tmp_path, **kw))
+
+
 def make_trials(n: int) -> list[FakeTrial]:
     return [FakeTrial(f"a1b2c_{i:05d}", {"lr": 10 ** -(2 + i % 3), "gamma": 0.99, "data": "/home/me/x.csv"})
             for i in range(n)]
@@ -60,8 +64,8 @@ def flush(cb: TelegramTuneCallback) -> None:
 
 
 def test_dashboard_is_one_message_edited_across_many_results(tg, tmp_path):
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, max_t=MAX_T, edit_interval_s=0.0,
-                              space_summary={"lr": "loguniform(1e-4, 1e-2)", "gamma": "[0.95, 0.99]"},
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, max_t=MAX_T,
+                              edit_interval_s=0.0, space_summary={"lr": "loguniform(1e-4, 1e-2)", "gamma": "[0.95, 0.99]"},
                               resources={"nodes": 2, "CPU": 32})
     trials = make_trials(4)
     cb.setup(total_num_samples=4)
@@ -91,7 +95,7 @@ def test_dashboard_is_one_message_edited_across_many_results(tg, tmp_path):
 
 def test_dashboard_edits_are_throttled_to_the_interval(tg, tmp_path):
     clock = Clock()
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=30.0, clock=clock)
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=30.0, clock=clock)
     trials = make_trials(3)
     cb.setup(total_num_samples=3)
     for k in range(100):  # 100 results within 29 s: one dashboard send
@@ -109,7 +113,7 @@ def test_dashboard_edits_are_throttled_to_the_interval(tg, tmp_path):
 
 def test_errored_trials_are_digested_into_one_message_per_burst(tg, tmp_path):
     clock = Clock()
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, error_digest_s=60.0,
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, error_digest_s=60.0,
                               edit_interval_s=1e6, clock=clock)
     trials = make_trials(8)
     cb.setup(total_num_samples=8)
@@ -137,7 +141,8 @@ def test_errored_trials_are_digested_into_one_message_per_burst(tg, tmp_path):
 
 def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_path, monkeypatch):
     cfg = make_cfg(tg, tmp_path)
-    cb = TelegramTuneCallback(cfg, experiment=EXPERIMENT, edit_interval_s=0.0, error_digest_s=0.0, max_t=MAX_T)
+    cb = TelegramTuneCallback(notifier=Notifier(cfg), experiment=EXPERIMENT, edit_interval_s=0.0, error_digest_s=0.0,
+                              max_t=MAX_T)
     trials = make_trials(3)
     cb.setup(total_num_samples=3)
     report(cb, trials, trials[0], 100, 0.5)
@@ -161,7 +166,7 @@ def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_pat
     monkeypatch.setenv("DQLRAY_NOTIFY_SPOOL", str(tmp_path / "spool"))
     monkeypatch.delenv("DQLRAY_NOTIFY_CONFIG", raising=False)
     restored = pickle.loads(pickled)
-    assert restored._cfg is None and restored._notifier is None
+    assert restored._notifier is None and restored.secrets == ()  # neither credentials nor a sender came back
     restored.set_state(state)
     restored.setup(total_num_samples=3)
     report(restored, trials, trials[0], 200, 0.7)
@@ -178,7 +183,7 @@ def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_pat
 def test_callback_pickles_without_secrets_or_threads(tg, tmp_path):
     import ray.cloudpickle as cloudpickle
 
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
     cb.setup(total_num_samples=1)
     report(cb, [], FakeTrial("t1", {"lr": 0.1}), 100, 0.3)
     flush(cb)
@@ -195,8 +200,8 @@ def test_a_27_trial_sweep_stays_under_telegram_limits(token, tmp_path):
     and the server answers 429 to anything closer than 0.1 s per chat (slack for loopback jitter). The exact 1/s and
     20/min pacing is checked with a fake clock in test_notify_sender.py."""
     with FakeTelegram(token, chats=[CHAT], min_interval_s=0.1) as tg:
-        cb = TelegramTuneCallback(make_cfg(tg, tmp_path, min_interval_s=0.25), experiment=EXPERIMENT, max_t=MAX_T,
-                                  edit_interval_s=0.5, error_digest_s=0.3, num_samples=27)
+        cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path, min_interval_s=0.25), experiment=EXPERIMENT,
+                                  max_t=MAX_T, edit_interval_s=0.5, error_digest_s=0.3, num_samples=27)
         trials = make_trials(27)
         cb.setup(total_num_samples=27)
         t0 = time.monotonic()
@@ -239,8 +244,8 @@ def test_real_ray_tune_run_with_asha_sends_start_and_edits_one_dashboard(tg, tmp
             tune.report({"val_sharpe": config["lr"] * i, "val_sharpe_std": 0.01, "val_return": 0.01 * i,
                          "env_steps": 100 * i, "episodes": i, "loss": 0.1, "epsilon": 0.5})
 
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, max_t=400, edit_interval_s=0.0,
-                              space_summary={"lr": "grid [0.1, 0.2, 0.3]"})
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, max_t=4,  # episodes
+                              edit_interval_s=0.0, space_summary={"lr": "grid [0.1, 0.2, 0.3]"})
     owns_ray = not ray.is_initialized()  # another test may have started Ray in this process
     if owns_ray:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)

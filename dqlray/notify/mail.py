@@ -14,8 +14,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from dqlray.notify.credentials import SmtpConfig
+from dqlray.notify.messages import html_to_plain
 from dqlray.notify.redact import redact
-from dqlray.notify.telegram import html_to_plain
 
 ATTACHMENT_MAX_BYTES = 5 * 1024 * 1024
 

@@ -8,9 +8,11 @@ this package writes (log records, exception texts, spool files, fallback emails,
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 #: A Telegram bot token: numeric bot id, colon, at least 30 URL-safe characters.
 TOKEN_PATTERN = re.compile(r"\d+:[A-Za-z0-9_-]{30,}")
@@ -20,6 +22,11 @@ MASK = "<redacted>"
 
 #: Loggers that print request URLs (and so the token) at DEBUG level.
 URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests")
+
+#: This package's logger.
+LOGGER_NAME = "dqlray.notify"
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
@@ -83,3 +90,21 @@ def install_log_redaction(secrets: Iterable[str | None] = (), loggers: Iterable[
             logger.addFilter(existing)
         for secret in secrets:
             existing.add_secret(secret)
+
+
+def never_raises(method: F) -> F:
+    """The one never-raises rule for notification methods (issue 15): an exception is logged as a redacted warning
+    and the method returns None, because a notification must never hurt training (notify-run#30 crashed a day-long
+    run). The instance's ``secrets`` (if any) are masked literally."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            logging.getLogger(LOGGER_NAME).warning(
+                "notification %s skipped: %s", method.__name__,
+                redact(f"{type(exc).__name__}: {exc}", getattr(self, "secrets", ())))
+            return None
+
+    return wrapper  # type: ignore[return-value]

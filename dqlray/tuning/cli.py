@@ -59,6 +59,7 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, stop_requested: Any = None) -> int:
+    from dqlray.notify import get_notifier
     from dqlray.tuning.space import parse_sweep_file
     from dqlray.tuning.sweep import SweepRun, run_sweep
 
@@ -79,15 +80,10 @@ def _run(args: argparse.Namespace, stop_requested: Any = None) -> int:
         raise ConfigError("--resume needs --experiment-name (the folder name under --storage-path)")
     if "/" in name or not name:
         raise ConfigError(f"--experiment-name {name!r}: a non-empty name without '/'")
-    notify = None
-    try:
-        from dqlray.notify import load_notify_config
-
-        notify = load_notify_config(token=args.telegram_token, chat_id=args.telegram_chat_id)
-    except ImportError:  # pragma: no cover
-        pass
+    # The process's one notifier (issue 15), made here from the guide's flags; run_sweep and its callback share it.
+    get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id)
     run = SweepRun(sweep_file=sf, experiment_name=name, storage_path=args.storage_path, address=args.address,
-                   resume=args.resume, dashboard=not args.no_dashboard, notify=notify)
+                   resume=args.resume, dashboard=not args.no_dashboard)
     return run_sweep(run, stop_requested=stop_requested)
 
 
