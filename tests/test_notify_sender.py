@@ -16,9 +16,9 @@ import pytest
 from fake_telegram import FakeTelegram, closed_port, make_fake_token
 from smtp_sink import SmtpSink
 
-from dqlray.notify import NotifyConfig, RunNotifier, SmtpConfig, SweepNotifier
+from dqlray.notify import Notifier, NotifyConfig, RunNotifier, SmtpConfig, SweepNotifier
 from dqlray.notify.cli import main as notify_main
-from dqlray.notify.sender import Notifier, RateGovernor
+from dqlray.notify.sender import RateGovernor
 from dqlray.notify.spool import Spool
 
 CHAT = "4242"
@@ -357,3 +357,77 @@ def test_finished_messages_carry_metrics_and_the_equity_curve(tg, tmp_path):
     assert "max_drawdown  -0.12  n/a" in lines and "Model: results/x/model.pt" in lines
     assert sweep_msg["plain"].startswith("✅ Sweep finished · sweep_27\nTrials: 27")
     assert "Deflated Sharpe ratio: 0.93" in sweep_msg["plain"] and "/data/prices.csv" not in sweep_msg["plain"]
+
+
+def _spool_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("dqlray notify:")]
+
+
+def test_exit_with_a_hanging_api_spools_at_once_and_says_so_in_one_line(tg, tmp_path, capfd):
+    """Issue 13 item 4: a hanging Bot API costs a flush STALL_S, not its deadline; once the circuit is open the next
+    flush spools at once; what was spooled is announced in one stderr line with the relay command."""
+    tg.hang()
+    n = Notifier(make_cfg(tg, tmp_path, read_timeout_s=60.0), register_atexit=False)
+    n.notify("🚀 start", fallback=True)
+    assert tg.wait_for(lambda: tg.hung == 1)
+    n.notify("✅ finished", critical=True)
+    t0 = time.monotonic()
+    assert not n.flush(deadline_s=30.0)  # the dashboard callback's flush at the end of a sweep
+    first = time.monotonic() - t0
+    n.notify("❌ failed", critical=True)
+    t0 = time.monotonic()
+    n.close(deadline_s=30.0)  # the driver's exit: the call is still hanging, the circuit is open
+    second = time.monotonic() - t0
+    assert first < 15 and second < 15, (first, second)  # neither waited out its 30 s deadline
+    texts = sorted(Spool.load(p).text for p in Spool(tmp_path / "spool").pending())
+    assert texts == ["✅ finished", "❌ failed", "🚀 start"]
+    err = capfd.readouterr().err
+    assert _spool_lines(err) == [
+        f"dqlray notify: 3 message(s) could not reach Telegram and wait in the spool; send them from a node with "
+        f"internet: dqlray notify relay --spool-dir {tmp_path / 'spool'}"], err
+    assert tg.token not in err
+
+
+def test_exit_with_a_429_backlog_spools_at_once_and_says_so(tg, tmp_path, capfd):
+    tg.force_429(1, retry_after=30)
+    n = Notifier(make_cfg(tg, tmp_path), register_atexit=False)
+    n.notify("✅ finished", critical=True)
+    assert tg.wait_for(lambda: tg.statuses() == [429])
+    n.notify("⏰ time limit", critical=True)
+    t0 = time.monotonic()
+    n.close(deadline_s=20.0)
+    assert time.monotonic() - t0 < 10  # Telegram holds the chat for 30 s: no point waiting 20
+    assert len(Spool(tmp_path / "spool").pending()) == 2
+    assert len(_spool_lines(capfd.readouterr().err)) == 1
+
+
+def test_relay_from_another_directory_sends_the_picture_and_reports_a_missing_one(tmp_path, monkeypatch, capsys,
+                                                                                 token):
+    """Issue 13 item 5: the spool keeps its own copy of the picture, so a relay run elsewhere (later, on a login node)
+    still sends it; a picture that cannot be found is reported, not silently dropped."""
+    png = b"\x89PNG\r\n\x1a\n" + b"2" * 300
+    run_dir = tmp_path / "job"
+    (run_dir / "results").mkdir(parents=True)
+    (run_dir / "results" / "equity.png").write_bytes(png)
+    monkeypatch.chdir(run_dir)
+    cfg = NotifyConfig(token=token, chat_id=CHAT, api_base=f"http://127.0.0.1:{closed_port()}",
+                       spool_dir=tmp_path / "spool", connect_timeout_s=1.0)
+    rn = RunNotifier(Notifier(cfg), EXPERIMENT)
+    rn.finished(final_reward=0.1, test_metrics={"sharpe": 1.0}, baselines={"buy&hold": {"sharpe": 0.5}},
+                model_path="results/model.pt", image_path="results/equity.png")  # relative, as the CLI passes it
+    rn.close(5.0)
+    Spool(tmp_path / "spool").put(event_id="old", created=time.time(), text="⏰ <b>old</b>",
+                                  attachments=["results/missing.png"])
+    (run_dir / "results" / "equity.png").unlink()  # the results moved on
+    login = tmp_path / "login"
+    login.mkdir()
+    monkeypatch.chdir(login)
+    with FakeTelegram(token, chats=[CHAT]) as tg:
+        _cli_env(monkeypatch, tmp_path, token, tg.url)
+        assert notify_main(["relay"]) == 0
+    [photo] = [m for m in tg.messages if m["kind"] == "photo"]
+    assert photo["photo_bytes"] == len(png) and photo["silent"]
+    assert [t.split(" · ")[0] for t in tg.texts() if t] == ["✅ Training finished", "⏰ old"]
+    err = capsys.readouterr().err
+    assert re.search(r"relay: picture \S*missing\.png of \S+-old\.json not found; sending the text without it", err)
+    assert list((tmp_path / "spool").iterdir()) == []  # delivered messages and their pictures are gone

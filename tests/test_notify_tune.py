@@ -277,3 +277,48 @@ def test_real_ray_tune_run_with_asha_sends_start_and_edits_one_dashboard(tg, tmp
     assert "tuner.pkl" in names and any(n.startswith("callback-states-") for n in names), names
     for path in pickles:
         assert tg.token.split(":")[1].encode() not in path.read_bytes(), path
+
+
+def test_one_notifier_per_process_and_a_no_op_one_without_credentials(tg, tmp_path, monkeypatch):
+    from dqlray.notify import RunNotifier, get_notifier
+
+    off = get_notifier()  # nothing configured (conftest clears the environment)
+    assert off is get_notifier() and not off.enabled and off.config is None
+    RunNotifier(off, EXPERIMENT).finished(final_reward=0.1, test_metrics={"sharpe": 1.0}, baselines=None,
+                                          model_path=None)  # no `if` needed: a no-op
+    assert off.pending() == 0 and off.flush(0.0)
+    off.close()
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", tg.token)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT)
+    monkeypatch.setenv("DQLRAY_TELEGRAM_API_BASE", tg.url)
+    on = get_notifier(token=None)
+    assert on is not off and on.enabled and get_notifier() is on  # a closed one is replaced, then shared
+
+
+def test_restored_callback_shares_the_drivers_notifier_made_from_the_flags(tg, tmp_path, monkeypatch):
+    """Issue 15: after Tuner.restore the callback uses the notifier the sweep driver made, even when the credentials
+    came only from the guide's --telegram_token/--telegram_chat_id flags (nothing in the environment)."""
+    from dqlray.notify import CommandLineSecretWarning, get_notifier
+
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
+    trials = make_trials(2)
+    cb.setup(total_num_samples=2)
+    report(cb, trials, trials[0], 100, 0.5)
+    flush(cb)
+    state, pickled = cb.get_state(), pickle.dumps(cb)
+    cb._notifier.close(1.0)
+    sent_before = len(tg.messages)
+
+    monkeypatch.setenv("DQLRAY_TELEGRAM_API_BASE", tg.url)  # the resumed driver: no token in the environment
+    monkeypatch.setenv("DQLRAY_NOTIFY_SPOOL", str(tmp_path / "spool"))
+    with pytest.warns(CommandLineSecretWarning):
+        driver = get_notifier(token=tg.token, chat_id=CHAT)
+    restored = pickle.loads(pickled)
+    restored.set_state(state)
+    restored.setup(total_num_samples=2)
+    report(restored, trials, trials[1], 100, 0.9)
+    restored.on_experiment_end(trials=trials)
+    assert restored.notifier is driver
+    assert len(tg.messages) == sent_before  # no second start message or dashboard
+    dashboard = next(m for m in tg.messages if m["message_id"] == state["dashboard_message_id"])
+    assert "0.9" in dashboard["plain"] and "Sweep finished (trials)" in dashboard["plain"]

@@ -1,33 +1,11 @@
 """Notification settings and credentials: frozen, keyword-only sections in the style of :mod:`dqlray.config`.
 
-Values come from environment variables or a protected config file, never the command line. Precedence, highest
-first: explicit arguments (the guide's ``--telegram_token``/``--telegram_chat_id`` flags, accepted with a warning,
-because command lines are visible to other users in ``ps``, ``/proc/*/cmdline`` and ``scontrol show job``),
-environment variables, then the config file. Errors are :class:`~dqlray.errors.ConfigError` naming the field, and
-never show a secret.
-
-Environment variables: ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``DQLRAY_TELEGRAM_API_BASE``,
-``DQLRAY_TELEGRAM_THREAD_ID``; ``DQLRAY_SMTP_HOST``, ``_PORT``, ``_SECURITY`` (``starttls``/``ssl``/``none``),
-``_USER``, ``_PASSWORD``, ``_FROM``, ``_TO`` (comma-separated), ``_CA_FILE`` (PEM CA bundle for a private CA);
-``DQLRAY_NOTIFY_SPOOL`` (spool directory); ``DQLRAY_NOTIFY_CONFIG`` (config file path).
-
-Config file (``$DQLRAY_NOTIFY_CONFIG``, else ``$XDG_CONFIG_HOME/dqlray/notify.yaml``, else
-``~/.config/dqlray/notify.yaml``), which must be mode 0600 (no group/other bits) and owned by the user::
-
-    telegram:
-      token: "123456789:AA..."
-      chat_id: "-1001234567890"
-      api_base: https://api.telegram.org     # optional; a self-hosted Bot API server
-      message_thread_id: 7                    # optional; a forum topic
-    smtp:                                     # optional fallback when Telegram cannot be reached
-      host: smtp.example.org
-      port: 587
-      security: starttls                      # starttls | ssl | none
-      username: me
-      password: "..."
-      from: me@example.org
-      to: [me@example.org]
-    spool_dir: ~/.local/state/dqlray/notify-spool
+Values come from environment variables or a protected config file, never the command line: explicit arguments (the
+guide's ``--telegram_token``/``--telegram_chat_id`` flags, accepted with a warning, because command lines are visible
+to other users in ``ps``, ``/proc/*/cmdline`` and ``scontrol show job``) override environment variables
+(``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``DQLRAY_SMTP_*``, ... :data:`ENV`), which override the config file
+(``$DQLRAY_NOTIFY_CONFIG``, else ``~/.config/dqlray/notify.yaml``; mode 0600, owned by the user; its format is in
+``docs/notifications.md``). Errors are :class:`~dqlray.errors.ConfigError` naming the field, never showing a secret.
 """
 
 from __future__ import annotations
@@ -73,7 +51,7 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def _is_loopback(host: str) -> bool:
-    try:
+    try:  # plain http, or SMTP without TLS, only to this machine
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
@@ -220,11 +198,12 @@ def check_private_file(path: Path) -> None:
 # Keys of the config file; ``smtp.from``/``smtp.to`` are SmtpConfig's ``sender``/``recipients``.
 _FILE_KEYS = {"telegram": ("api_base", "chat_id", "message_thread_id", "token"),
               "smtp": ("ca_file", "from", "host", "password", "port", "security", "timeout_s", "to", "username")}
-_ENV = {"telegram.token": "TELEGRAM_BOT_TOKEN", "telegram.chat_id": "TELEGRAM_CHAT_ID",
+ENV = {"telegram.token": "TELEGRAM_BOT_TOKEN", "telegram.chat_id": "TELEGRAM_CHAT_ID",
         "telegram.api_base": "DQLRAY_TELEGRAM_API_BASE", "telegram.message_thread_id": "DQLRAY_TELEGRAM_THREAD_ID",
         "smtp.host": "DQLRAY_SMTP_HOST", "smtp.port": "DQLRAY_SMTP_PORT", "smtp.security": "DQLRAY_SMTP_SECURITY",
         "smtp.username": "DQLRAY_SMTP_USER", "smtp.password": "DQLRAY_SMTP_PASSWORD", "smtp.from": "DQLRAY_SMTP_FROM",
         "smtp.to": "DQLRAY_SMTP_TO", "smtp.ca_file": "DQLRAY_SMTP_CA_FILE", "spool_dir": "DQLRAY_NOTIFY_SPOOL"}
+"""The environment variable of each config file key (``smtp.to`` is comma-separated)."""
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -283,7 +262,7 @@ def load_notify_config(token: str | None = None, chat_id: str | int | None = Non
     def get(key: str) -> Any:
         section, _, name = key.rpartition(".")
         from_file = (data.get(section) or {}).get(name) if section else data.get(name)
-        return _first(env.get(_ENV.get(key, "")), from_file)
+        return _first(env.get(ENV.get(key, "")), from_file)
 
     tok, chat = _first(token, get("telegram.token")), _first(chat_id, get("telegram.chat_id"))
     if tok is None and chat is None:

@@ -33,9 +33,6 @@ _ANY_TAG = re.compile(r"<[^<>]*>")
 _SECRETISH = re.compile(r"(token|secret|passw|credential|api[_-]?key|auth)", re.IGNORECASE)
 _MAX_VALUE_CHARS = 40
 
-# ------------------------------------------------------------------------------------------------- text size ---
-
-
 def esc(value: object) -> str:
     """HTML-escape ``str(value)`` for parse_mode HTML (``<``, ``>``, ``&``; quotes are harmless outside attributes)."""
     return html.escape(str(value), quote=False)
@@ -148,12 +145,9 @@ def truncate_html(text: str, limit: int = MESSAGE_LIMIT, marker: str = "\n… (t
     return split_html(text, limit - utf16_len(marker))[0] + esc(marker)
 
 
-def _message(lines: Iterable[str]) -> str:
-    """Join a builder's lines into one message within the limit (the one place that enforces it)."""
-    return truncate_html("\n".join(lines))
-
-
-# --------------------------------------------------------------------------------------------------- values ---
+def _message(*lines: str | None) -> str:
+    """A builder's lines, empty ones left out, as one message within the limit (the one place that enforces it)."""
+    return truncate_html("\n".join(line for line in lines if line))
 
 
 def fmt_num(value: Any) -> str:
@@ -176,15 +170,14 @@ def fmt_num(value: Any) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``1h 02m``, ``3m 05s``, ``12s``; ``n/a`` when unknown."""
+    """``1d 02h``, ``1h 02m``, ``3m 05s``, ``12s``; ``n/a`` when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "n/a"
     s = int(round(seconds))
-    if s >= 86400:
-        return f"{s // 86400}d {s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+    for unit, sub, big, small in ((86400, 3600, "d", "h"), (3600, 60, "h", "m"), (60, 1, "m", "s")):
+        if s >= unit:
+            return f"{s // unit}{big} {s % unit // sub:02d}{small}"
+    return f"{s}s"
 
 
 def _short(value: Any) -> str | None:
@@ -210,6 +203,10 @@ def summarize_config(config: Mapping[str, Any] | None, max_items: int = 12) -> l
     if len(out) > max_items:
         out = out[:max_items] + [("…", f"{len(out) - max_items} more")]
     return out
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def _header(emoji: str, title: str, experiment: str) -> str:
@@ -241,20 +238,19 @@ def _results(label: str, metrics: Mapping[str, Any] | None, baselines: Mapping[s
              statement: str, figures: Mapping[str, Any] | None) -> list[str]:
     """The test result: metrics against each baseline, then the verdict as data (a sentence and its numbers)."""
     table = metrics_table(metrics or {}, baselines)
-    lines = [label, table] if table else []
-    if statement:
-        lines.append(f"<b>{esc(statement)}</b>")
-    return lines + [f"{esc(k)}: {esc(fmt_num(v))}" for k, v in (figures or {}).items()]
+    return [*([label, table] if table else []), f"<b>{esc(statement)}</b>" if statement else "",
+            *(f"{esc(k)}: {esc(fmt_num(v))}" for k, v in (figures or {}).items())]
 
 
-# ------------------------------------------------------------------------------------------------ single run ---
+def _duration(elapsed_s: float | None) -> str | None:
+    return f"Duration: {fmt_duration(elapsed_s)}" if elapsed_s is not None else None
 
 
 def run_start(experiment: str, *, agent_type: str, episodes: int, data_file: str,
               context: Mapping[str, Any] | None = None) -> str:
     """🚀 a training run started."""
-    return _message([_header("🚀", "Training started", experiment), f"Agent: {esc(agent_type)}",
-                     f"Episodes: {fmt_num(episodes)}", f"Data: <code>{esc(data_file)}</code>", *_context_lines(context)])
+    return _message(_header("🚀", "Training started", experiment), f"Agent: {esc(agent_type)}",
+                    f"Episodes: {fmt_num(episodes)}", f"Data: <code>{esc(data_file)}</code>", *_context_lines(context))
 
 
 def run_progress(experiment: str, *, episode: int, total: int, mean_reward: float | None = None,
@@ -262,19 +258,17 @@ def run_progress(experiment: str, *, episode: int, total: int, mean_reward: floa
                  eta_s: float | None = None, extra: Mapping[str, Any] | None = None) -> str:
     """📊 progress of a run (one message, edited in place)."""
     pct = 100.0 * episode / total if total else float("nan")
-    lines = [_header("📊", "Progress", experiment), f"Episode: {fmt_num(episode)}/{fmt_num(total)} ({pct:.1f}%)"]
-    for label, value in (("Mean reward", mean_reward), ("Loss", loss), ("Epsilon", epsilon), *(extra or {}).items()):
-        if value is not None:
-            lines.append(f"{esc(label)}: {esc(fmt_num(value))}")
-    if elapsed_s is not None:
-        lines.append(f"Elapsed: {fmt_duration(elapsed_s)}" + (f" · ETA {fmt_duration(eta_s)}" if eta_s else ""))
-    return _message(lines)
+    values = (("Mean reward", mean_reward), ("Loss", loss), ("Epsilon", epsilon), *(extra or {}).items())
+    return _message(_header("📊", "Progress", experiment), f"Episode: {fmt_num(episode)}/{fmt_num(total)} ({pct:.1f}%)",
+                    *(f"{esc(label)}: {esc(fmt_num(v))}" for label, v in values if v is not None),
+                    f"Elapsed: {fmt_duration(elapsed_s)}" + (f" · ETA {fmt_duration(eta_s)}" if eta_s else "")
+                    if elapsed_s is not None else None)
 
 
 def run_checkpoint(experiment: str, *, episode: int, path: str, total: int | None = None) -> str:
     """💾 a checkpoint was saved."""
     ep = f"{fmt_num(episode)}/{fmt_num(total)}" if total else fmt_num(episode)
-    return _message([_header("💾", "Checkpoint saved", experiment), f"Episode: {ep}", f"Path: <code>{esc(path)}</code>"])
+    return _message(_header("💾", "Checkpoint saved", experiment), f"Episode: {ep}", f"Path: <code>{esc(path)}</code>")
 
 
 def run_finished(experiment: str, *, final_reward: float | None, test_metrics: Mapping[str, Any] | None,
@@ -282,15 +276,10 @@ def run_finished(experiment: str, *, final_reward: float | None, test_metrics: M
                  statement: str = "", figures: Mapping[str, Any] | None = None,
                  elapsed_s: float | None = None) -> str:
     """✅ a run finished: final reward, test metrics against each baseline, the verdict, model path."""
-    lines = [_header("✅", "Training finished", experiment)]
-    if final_reward is not None:
-        lines.append(f"Final reward: {fmt_num(final_reward)}")
-    lines += _results("Test set:", test_metrics, baselines, statement, figures)
-    if model_path:
-        lines.append(f"Model: <code>{esc(model_path)}</code>")
-    if elapsed_s is not None:
-        lines.append(f"Duration: {fmt_duration(elapsed_s)}")
-    return _message(lines)
+    return _message(_header("✅", "Training finished", experiment),
+                    f"Final reward: {fmt_num(final_reward)}" if final_reward is not None else None,
+                    *_results("Test set:", test_metrics, baselines, statement, figures),
+                    f"Model: <code>{esc(model_path)}</code>" if model_path else None, _duration(elapsed_s))
 
 
 def caption(title: str, experiment: str) -> str:
@@ -311,21 +300,16 @@ def error_message(experiment: str, exc: BaseException | str, *, title: str = "Tr
     summary = summary if len(summary) <= 300 else summary[:300] + "…"
     head = "\n".join([_header("❌", title, experiment), *_context_lines(context), f"<b>{esc(summary)}</b>"])
     tail = tail_text(redact(tb, secrets).rstrip(), max(200, MESSAGE_LIMIT - visible_len(head) - 8))
-    return _message([head, "<pre>" + esc(tail) + "</pre>"])
+    return _message(head, "<pre>" + esc(tail) + "</pre>")
 
 
 def time_limit_message(experiment: str, *, reason: str = "", last_episode: int | None = None,
                        total: int | None = None, last_checkpoint: str | None = None) -> str:
     """⏰ the job hit its time limit (or got SIGTERM); where it got to and the last checkpoint."""
-    lines = [_header("⏰", "Time limit reached", experiment)] + ([esc(reason)] if reason else [])
-    if last_episode is not None:
-        lines.append(f"Last episode: {fmt_num(last_episode)}" + (f"/{fmt_num(total)}" if total else ""))
-    if last_checkpoint:
-        lines.append(f"Last checkpoint: <code>{esc(last_checkpoint)}</code>")
-    return _message(lines)
-
-
-# ------------------------------------------------------------------------------------------------------ sweep ---
+    return _message(_header("⏰", "Time limit reached", experiment), esc(reason),
+                    f"Last episode: {fmt_num(last_episode)}" + (f"/{fmt_num(total)}" if total else "")
+                    if last_episode is not None else None,
+                    f"Last checkpoint: <code>{esc(last_checkpoint)}</code>" if last_checkpoint else None)
 
 
 @dataclass(frozen=True)
@@ -344,54 +328,44 @@ class TrialRow:
 _STATUS_MARK = {"running": "▶", "finished": "✓", "stopped": "✂", "errored": "✗", "pending": "…"}
 
 
+def _config(label: str, config: Mapping[str, Any]) -> list[str]:
+    pairs = summarize_config(config)
+    return [label, _table(pairs)] if pairs else []
+
+
 def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | None,
                 space_summary: Mapping[str, Any] | str | None, resources: Mapping[str, Any] | str | None,
                 max_t: int | None = None, context: Mapping[str, Any] | None = None) -> str:
     """🚀 a sweep started: search space, number of samples, budget per trial in episodes, cluster resources."""
-    lines = [
-        _header("🚀", "Sweep started", experiment),
-        f"Trials: {fmt_num(num_samples) if num_samples and num_samples > 0 else 'open-ended'}"
-        f" · metric <code>{esc(metric)}</code> ({esc(mode)})",
-    ]
-    if max_t:
-        lines.append(f"Budget per trial: {fmt_num(max_t)} episodes (ASHA)")
     if isinstance(space_summary, str):
-        lines.append(f"Search space: {esc(space_summary)}")
-    elif space_summary:
-        lines.append("Search space:")
-        for k, v in list(space_summary.items())[:16]:
-            text = str(v)
-            lines.append(f"• {esc(k)}: {esc(text if len(text) <= 80 else text[:79] + '…')}")
-    if isinstance(resources, str):
-        lines.append(f"Cluster: {esc(resources)}")
-    elif resources:
-        lines.append("Cluster: " + esc(", ".join(f"{fmt_num(v)} {k}" for k, v in resources.items())))
-    return _message(lines + _context_lines(context))
+        space = [f"Search space: {esc(space_summary)}"]
+    else:
+        items = list((space_summary or {}).items())[:16]
+        space = ["Search space:", *(f"• {esc(k)}: {esc(_clip(str(v), 80))}" for k, v in items)] if items else []
+    cluster = resources if isinstance(resources, str) else ", ".join(
+        f"{fmt_num(v)} {k}" for k, v in (resources or {}).items())
+    return _message(_header("🚀", "Sweep started", experiment),
+                    f"Trials: {fmt_num(num_samples) if num_samples and num_samples > 0 else 'open-ended'}"
+                    f" · metric <code>{esc(metric)}</code> ({esc(mode)})",
+                    f"Budget per trial: {fmt_num(max_t)} episodes (ASHA)" if max_t else None, *space,
+                    f"Cluster: {esc(cluster)}" if cluster else None, *_context_lines(context))
 
 
 def sweep_dashboard(experiment: str, *, metric: str, mode: str, counts: Mapping[str, int],
                     top: Sequence[TrialRow], elapsed_s: float | None, eta_s: float | None,
                     updated: str | None = None, final: bool = False) -> str:
     """📊 the live dashboard: status counts, top trials, best config, elapsed and estimated remaining time."""
-    lines = [_header("📊", "Sweep finished (trials)" if final else "Sweep dashboard", experiment),
-             f"▶ running {counts.get('running', 0)} · ✓ finished {counts.get('finished', 0)} · "
-             f"✂ stopped by ASHA {counts.get('stopped', 0)} · ✗ errored {counts.get('errored', 0)} · "
-             f"… pending {counts.get('pending', 0)}"]
-    if top:
-        rows = [["", "trial", metric, "±std", "val_ret", "episodes"]]
-        for r in top:
-            rows.append([_STATUS_MARK.get(r.status, "?"), r.trial_id, fmt_num(r.metric),
-                         *("" if v is None else fmt_num(v) for v in (r.metric_std, r.val_return, r.episodes))])
-        lines += [f"Top {len(top)} by <code>{esc(metric)}</code> ({esc(mode)}):", _table(rows)]
-        best = summarize_config(top[0].config)
-        if best:
-            lines += [f"Best config ({esc(top[0].trial_id)}):", _table(best)]
-    else:
-        lines.append("No results yet.")
-    lines.append(f"Elapsed: {fmt_duration(elapsed_s)}" + ("" if final else f" · remaining ≈ {fmt_duration(eta_s)}"))
-    if updated:
-        lines.append(f"<i>updated {esc(updated)}</i>")
-    return _message(lines)
+    rows = [["", "trial", metric, "±std", "val_ret", "episodes"]] + [
+        [_STATUS_MARK.get(r.status, "?"), r.trial_id, fmt_num(r.metric),
+         *("" if v is None else fmt_num(v) for v in (r.metric_std, r.val_return, r.episodes))] for r in top]
+    table = [f"Top {len(top)} by <code>{esc(metric)}</code> ({esc(mode)}):", _table(rows),
+             *_config(f"Best config ({esc(top[0].trial_id)}):", top[0].config)] if top else ["No results yet."]
+    return _message(_header("📊", "Sweep finished (trials)" if final else "Sweep dashboard", experiment),
+                    f"▶ running {counts.get('running', 0)} · ✓ finished {counts.get('finished', 0)} · "
+                    f"✂ stopped by ASHA {counts.get('stopped', 0)} · ✗ errored {counts.get('errored', 0)} · "
+                    f"… pending {counts.get('pending', 0)}", *table,
+                    f"Elapsed: {fmt_duration(elapsed_s)}" + ("" if final else f" · remaining ≈ {fmt_duration(eta_s)}"),
+                    f"<i>updated {esc(updated)}</i>" if updated else None)
 
 
 def sweep_errors(experiment: str, errors: Sequence[tuple[str, Mapping[str, Any], str]], *,
@@ -402,16 +376,14 @@ def sweep_errors(experiment: str, errors: Sequence[tuple[str, Mapping[str, Any],
     lines = [_header("❌", f"{n} trial{'s' if n != 1 else ''} errored", experiment), f"Errored so far: {total_errored}"]
     for trial_id, config, last_line in errors[:10]:
         msg = redact(last_line, secrets)
-        msg = msg if len(msg) <= 160 else msg[:159] + "…"
         cfg = esc(" ".join(f"{k}={v}" for k, v in summarize_config(config, 4)))
-        lines.append(f"• <code>{esc(trial_id)}</code> {cfg}: {esc(msg)}")
-    if n > 10:
-        lines.append(f"… and {n - 10} more")
+        lines.append(f"• <code>{esc(trial_id)}</code> {cfg}: {esc(_clip(msg, 160))}")
+    lines += [f"… and {n - 10} more"] if n > 10 else []
     budget = MESSAGE_LIMIT - visible_len("\n".join(lines)) - 40
     if tail and budget > 200:
         lines.append(f"First traceback ({esc(errors[0][0])}):\n<pre>"
                      + esc(tail_text(redact(tail, secrets), budget)) + "</pre>")
-    return _message(lines)
+    return _message(*lines)
 
 
 def sweep_finished(experiment: str, *, best_config: Mapping[str, Any], test_metrics: Mapping[str, Any] | None,
@@ -419,14 +391,8 @@ def sweep_finished(experiment: str, *, best_config: Mapping[str, Any], test_metr
                    statement: str = "", figures: Mapping[str, Any] | None = None,
                    elapsed_s: float | None = None) -> str:
     """✅ a sweep finished: the winner's config, its test result against each baseline, the verdict, the DSR."""
-    lines = [_header("✅", "Sweep finished", experiment), f"Trials: {fmt_num(n_trials)}"]
-    best = summarize_config(best_config)
-    if best:
-        lines += ["Best config:", _table(best)]
-    lines += _results("Winner on the test set:", test_metrics, baselines, statement, figures)
-    if deflated_sharpe is not None:
-        lines.append(f"Deflated Sharpe ratio: {fmt_num(deflated_sharpe)} (probability the Sharpe is real after "
-                     f"{fmt_num(n_trials)} trials)")
-    if elapsed_s is not None:
-        lines.append(f"Duration: {fmt_duration(elapsed_s)}")
-    return _message(lines)
+    return _message(_header("✅", "Sweep finished", experiment), f"Trials: {fmt_num(n_trials)}",
+                    *_config("Best config:", best_config),
+                    *_results("Winner on the test set:", test_metrics, baselines, statement, figures),
+                    f"Deflated Sharpe ratio: {fmt_num(deflated_sharpe)} (probability the Sharpe is real after "
+                    f"{fmt_num(n_trials)} trials)" if deflated_sharpe is not None else None, _duration(elapsed_s))

@@ -234,8 +234,7 @@ class Notifier:
                     if self._inflight is not None and now - self._inflight_since >= STALL_S:
                         self._open_until = now + self.config.breaker_cooldown_s  # a hanging API: stop trying
                         break
-                    gate = max(self._backoff_until, self._governor.next_allowed(self.config.chat_id, self.config.is_group))
-                    if now >= end or (self._inflight is None and not self._is_open() and gate > now + STALL_S):
+                    if now >= end or (self._inflight is None and not self._is_open() and self._gate() > now + STALL_S):
                         break
                     self._cond.wait(timeout=min(end - now, 0.05))
                 # Still in flight now (a hanging server) is spooled too: if it lands later, the user sees it twice
@@ -294,8 +293,7 @@ class Notifier:
             return None, None
         if self._is_open():
             return self._queue[0], None  # straight to fallback / drop
-        now = self._clock()
-        gate = max(self._backoff_until, self._governor.next_allowed(self.config.chat_id, self.config.is_group))
+        now, gate = self._clock(), self._gate()
         if gate > now:
             return None, gate - now
         best: Event | None = None
@@ -343,6 +341,10 @@ class Notifier:
 
     def _is_open(self) -> bool:
         return self._clock() < self._open_until
+
+    def _gate(self) -> float:
+        """When the next call may go: the governor's pacing, a 429 hold, or the backoff after a failure."""
+        return max(self._backoff_until, self._governor.next_allowed(self.config.chat_id, self.config.is_group))
 
     def _deliver(self, client: TelegramClient, ev: Event) -> None:
         if self._is_open():
