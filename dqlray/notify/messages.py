@@ -1,14 +1,10 @@
 """Message texts (Telegram HTML): pure functions, values in, escaped HTML out, each within Telegram's limit.
 
-This module is the one home of message length (issue 15): every builder returns a text of at most
-:data:`MESSAGE_LIMIT` visible UTF-16 units (captions :data:`CAPTION_LIMIT`), so neither the sender nor the client
-splits or cuts. Telegram counts the limit in UTF-16 code units of the text *after* entity parsing (an emoji outside
-the BMP counts 2); :func:`split_html` and :func:`truncate_html` cut at line boundaries and close and reopen tags.
-
-Every dynamic value goes through :func:`esc` (HTML parse mode needs only ``<``, ``>``, ``&`` escaped, so names such as
-``hp_sweep_lr0.001_g0.99`` render as they are, unlike Markdown). Config dicts are summarized, never dumped: paths,
-nested objects and anything that looks like a credential stay out (``shared/notes/telegram.md``, security checklist).
-Emojis follow the guide: 🚀 start, 📊 progress/dashboard, 💾 checkpoint, ✅ done, ❌ error, ⏰ time limit.
+The one home of message length (issue 15): every builder returns at most :data:`MESSAGE_LIMIT` visible UTF-16 units
+(an emoji outside the BMP counts 2; captions :data:`CAPTION_LIMIT`), cut at line boundaries with tags closed, so no
+sender or client splits again. Every value goes through :func:`esc` (HTML needs only ``<>&`` escaped, so names such as
+``hp_sweep_lr0.001_g0.99`` render as they are, unlike Markdown); config dicts are summarized, never dumped (no paths,
+nested objects or credentials). Emojis: 🚀 start, 📊 progress, 💾 checkpoint, ✅ done, ❌ error, ⏰ time limit.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ import math
 import re
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dqlray.notify.redact import redact
@@ -312,19 +307,6 @@ def time_limit_message(experiment: str, *, reason: str = "", last_episode: int |
                     f"Last checkpoint: <code>{esc(last_checkpoint)}</code>" if last_checkpoint else None)
 
 
-@dataclass(frozen=True)
-class TrialRow:
-    """One line of the dashboard's top-trials table."""
-
-    trial_id: str
-    metric: float | None
-    metric_std: float | None
-    val_return: float | None
-    episodes: int | None
-    status: str
-    config: Mapping[str, Any]
-
-
 _STATUS_MARK = {"running": "▶", "finished": "✓", "stopped": "✂", "errored": "✗", "pending": "…"}
 
 
@@ -352,14 +334,15 @@ def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | N
 
 
 def sweep_dashboard(experiment: str, *, metric: str, mode: str, counts: Mapping[str, int],
-                    top: Sequence[TrialRow], elapsed_s: float | None, eta_s: float | None,
+                    top: Sequence[tuple[str, Mapping[str, Any]]], elapsed_s: float | None, eta_s: float | None,
                     updated: str | None = None, final: bool = False) -> str:
-    """📊 the live dashboard: status counts, top trials, best config, elapsed and estimated remaining time."""
+    """📊 the live dashboard: status counts, the ``top`` trials (id and ``status``, ``metric``, ``std``,
+    ``val_return``, ``episodes``, ``config``), the best config, elapsed and estimated remaining time."""
     rows = [["", "trial", metric, "±std", "val_ret", "episodes"]] + [
-        [_STATUS_MARK.get(r.status, "?"), r.trial_id, fmt_num(r.metric),
-         *("" if v is None else fmt_num(v) for v in (r.metric_std, r.val_return, r.episodes))] for r in top]
+        [_STATUS_MARK.get(t["status"], "?"), tid, fmt_num(t["metric"]),
+         *("" if t.get(k) is None else fmt_num(t[k]) for k in ("std", "val_return", "episodes"))] for tid, t in top]
     table = [f"Top {len(top)} by <code>{esc(metric)}</code> ({esc(mode)}):", _table(rows),
-             *_config(f"Best config ({esc(top[0].trial_id)}):", top[0].config)] if top else ["No results yet."]
+             *_config(f"Best config ({esc(top[0][0])}):", top[0][1].get("config") or {})] if top else ["No results yet."]
     return _message(_header("📊", "Sweep finished (trials)" if final else "Sweep dashboard", experiment),
                     f"▶ running {counts.get('running', 0)} · ✓ finished {counts.get('finished', 0)} · "
                     f"✂ stopped by ASHA {counts.get('stopped', 0)} · ✗ errored {counts.get('errored', 0)} · "

@@ -44,9 +44,6 @@ class _BaseNotifier:
         self._terminal_sent = False
         notifier.add_shutdown_hook(self._on_sigterm)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(experiment={self.experiment!r}, enabled={self.enabled})"
-
     @property
     def enabled(self) -> bool:
         """Whether notifications are configured (else every method is a no-op)."""

@@ -1,23 +1,17 @@
 """The non-blocking notifier: ``notify()`` only enqueues; one background thread talks to Telegram.
 
-Why: a send inline in the training loop stalls or crashes training when Telegram is slow or absent
-(knockknock, notify-run#30), and a blocking send in a Tune callback stalls every trial (ray#35721).
+Why: a send inline in the training loop stalls or crashes training when Telegram is slow or absent (knockknock,
+notify-run#30), and a blocking send in a Tune callback stalls every trial (ray#35721). One notifier per process
+(:func:`get_notifier`, a no-op when nothing is configured) serves the run, the sweep driver and the Tune callback.
 
-* One notifier per process (:func:`get_notifier`), shared by the run, the sweep driver and the Tune callback: one
-  sender thread, one exit flush, one SIGTERM handler (issue 15). With nothing configured it is a no-op, so callers
-  never need an ``if``.
-* Bounded queue; critical events (error, finished, time limit) are never dropped; keyed events are coalesced,
-  latest wins (progress, dashboard); when full, the oldest routine event goes first.
-* First in, first out, except that live (edited-in-place) updates yield to everything else: they are snapshots
-  whose place in the chat does not matter, while start/checkpoint/error/end should read in order.
-* Per-chat rate governor: at least ``min_interval_s`` between messages (edits count) and at most
-  ``group_per_minute`` per rolling minute to a group; a 429 holds the chat for ``retry_after``.
-* Circuit breaker: after ``breaker_threshold`` consecutive failures, or at once when no connection can be opened,
-  Telegram is left alone for ``breaker_cooldown_s`` and critical events go to email and the disk spool.
-* ``flush(deadline_s)`` at exit (atexit) and on SIGTERM waits only for a Telegram that answers: a call hanging for
-  :data:`STALL_S`, or a 429/backoff holding the chat longer than that, ends the wait at once; what is critical is
-  then spooled, and :meth:`Notifier.close` says in one stderr line how many messages wait for ``dqlray notify relay``
-  (issue 13 item 4: an unreachable or hanging API costs the exit at most about 2 s).
+* Bounded queue: critical events are never dropped; keyed events are coalesced (latest wins); when full, the oldest
+  routine event goes first. First in, first out, except that live (edited-in-place) snapshots yield to the rest.
+* Per-chat rate governor (``min_interval_s``, ``group_per_minute``, 429 holds); circuit breaker: after
+  ``breaker_threshold`` failures, or at once when no connection can be opened, critical events go to email and the
+  spool for ``breaker_cooldown_s``.
+* At exit (atexit) and on SIGTERM the flush waits only for a Telegram that answers: a call unanswered for
+  :data:`STALL_S`, or a 429/backoff longer than that, sends what is critical to the spool at once, and one stderr
+  line says how many messages wait for ``dqlray notify relay`` (issue 13 item 4).
 """
 
 from __future__ import annotations

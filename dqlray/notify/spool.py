@@ -1,12 +1,9 @@
 """On-disk spool for messages that could not reach Telegram (compute nodes often have no internet).
 
-Layout: one JSON file per message in a 0700 directory, each file 0600 whatever the umask (issue 13 item 6), written
-atomically (temporary file in the same directory, fsync, ``os.replace``). The file name is
-``<created_ns>-<event id>.json``, so spooling the same event twice overwrites one file instead of duplicating it.
-Pictures are copied next to it (``<name>.<i>.png``): the relay may run in another directory, on another node, after
-the results have moved (issue 13 item 5). ``dqlray notify relay`` drains the spool from a node that can reach
-Telegram: each file is *claimed* by an atomic rename to ``.sending`` (two relays never send the same file), deleted
-with its pictures after delivery, renamed back after a failure. Contents are redacted before they touch the disk.
+One JSON file per message, ``<created_ns>-<event id>.json`` (spooling an event twice writes one file), with copies of
+its pictures beside it, so that the relay can run elsewhere and later (issue 13 item 5); 0600 files in a 0700 folder
+whatever the umask (item 6), written atomically, contents redacted. ``dqlray notify relay`` claims a file by an atomic
+rename to ``.sending`` (two relays never send the same file), deletes it after delivery, renames it back on failure.
 """
 
 from __future__ import annotations
@@ -46,9 +43,6 @@ class Spool:
     def __init__(self, directory: str | os.PathLike[str], secrets: Iterable[str | None] = ()) -> None:
         self.directory = Path(directory).expanduser()
         self._secrets = tuple(s for s in secrets if s)
-
-    def __repr__(self) -> str:
-        return f"Spool({str(self.directory)!r})"
 
     def ensure_dir(self) -> Path:
         """Create the directory and missing parents 0700 whatever the umask (as the XDG spec asks); tighten it to

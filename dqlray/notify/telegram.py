@@ -1,16 +1,11 @@
 """Raw Telegram Bot API over ``requests``: sendMessage, editMessageText, sendPhoto, getMe.
 
-Why raw HTTP: wrappers around python-telegram-bot broke silently when it went async in v20 (knockknock#84); the Bot
-API's HTTPS interface is the stable dependency. Rules kept here (``shared/notes/telegram.md``):
-
-* every call has a (connect, read) timeout; TLS verification stays on;
-* HTML parse mode; texts come from :mod:`dqlray.notify.messages`, which escapes values and keeps each text within
-  Telegram's limits (the client sends what it is given: one text, one message);
-* 429 carries ``parameters.retry_after``: waited out here when short (``max_retry_wait_s``), else raised as
-  :class:`TelegramRetryAfter` for the caller's rate governor;
-* 400 ``message is not modified`` is a success; 400 ``can't parse entities`` is retried once as plain text;
-* transport errors are re-raised ``from None`` with redacted text, because requests' messages contain the URL and
-  so the token.
+Why raw HTTP: wrappers around python-telegram-bot broke silently when it went async in v20 (knockknock#84). Rules
+(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verification on; HTML parse mode with texts
+from :mod:`~dqlray.notify.messages` (escaped, within the limits: one text is one message); a 429's ``retry_after`` is
+waited out when short, else raised for the caller's rate governor; ``message is not modified`` is a success; ``can't
+parse entities`` is retried once as plain text; transport errors are re-raised ``from None`` and redacted, because
+requests' messages contain the URL and so the token.
 """
 
 from __future__ import annotations
@@ -40,46 +35,20 @@ class TelegramError(Exception):
 
 
 class TelegramApiError(TelegramError):
-    """Telegram answered ``ok: false`` (``error_code`` is the HTTP-like code, e.g. 400, 401, 403)."""
+    """Telegram answered ``ok: false``: ``error_code`` (HTTP-like: 400, 401, 403, 429, 5xx) and what it means: the
+    HTML did not parse, an edit changed nothing (a success), the chat is wrong, the message to edit was deleted, the
+    token was rejected (401, or 404 for a malformed token), or a server error worth retrying later."""
 
     def __init__(self, method: str, description: str, error_code: int | None, retry_after: float | None = None):
         super().__init__(method, f"{error_code} {description}")
-        self.error_code = error_code
-        self.api_description = description
-        self.retry_after = retry_after
-
-    def _is_400(self, text: str) -> bool:
-        return self.error_code == 400 and text in self.api_description.lower()
-
-    @property
-    def is_parse_error(self) -> bool:
-        """The HTML did not parse (400 ``can't parse entities``)."""
-        return self._is_400("can't parse entities")
-
-    @property
-    def is_not_modified(self) -> bool:
-        """An edit with identical content (400 ``message is not modified``): the message already says this."""
-        return self._is_400("message is not modified")
-
-    @property
-    def is_chat_not_found(self) -> bool:
-        """The chat id is wrong or the bot was never added/started there."""
-        return self._is_400("chat not found")
-
-    @property
-    def is_message_gone(self) -> bool:
-        """The message to edit no longer exists (deleted by the user)."""
-        return self._is_400("message to edit not found")
-
-    @property
-    def is_unauthorized(self) -> bool:
-        """The token was rejected (401, or 404 for a malformed token)."""
-        return self.error_code in (401, 404)
-
-    @property
-    def is_server_error(self) -> bool:
-        """A 5xx: worth retrying later."""
-        return self.error_code is not None and self.error_code >= 500
+        self.error_code, self.api_description, self.retry_after = error_code, description, retry_after
+        bad_request = description.lower() if error_code == 400 else ""
+        self.is_parse_error = "can't parse entities" in bad_request
+        self.is_not_modified = "message is not modified" in bad_request
+        self.is_chat_not_found = "chat not found" in bad_request
+        self.is_message_gone = "message to edit not found" in bad_request
+        self.is_unauthorized = error_code in (401, 404)
+        self.is_server_error = error_code is not None and error_code >= 500
 
 
 class TelegramRetryAfter(TelegramApiError):
@@ -130,9 +99,6 @@ class TelegramClient:
         self._max_retry_wait_s = max_retry_wait_s
         self._sleep = sleep
         self._secrets = (token, *secrets)
-
-    def __repr__(self) -> str:
-        return f"TelegramClient(api_base={self._base!r})"
 
     def close(self) -> None:
         """Close the HTTP session."""

@@ -1,16 +1,12 @@
 """A Ray Tune callback that keeps one live Telegram dashboard for a sweep.
 
 Tune calls callbacks inside the driver's event loop, so a blocking send would stall every trial (ray#35721): every
-hook here only updates in-memory counters and *enqueues* on the process's
-:class:`~dqlray.notify.sender.Notifier`, whose thread sends; every hook is :func:`~dqlray.notify.redact.never_raises`.
-Tune pickles callbacks with the experiment (``tuner.pkl``) and restores their ``get_state()`` on ``Tuner.restore``:
-the notifier (and so the token) is never pickled; a restored callback uses the process's notifier
-(:func:`~dqlray.notify.sender.get_notifier`, made by the sweep driver with its credentials), and the saved state
-(dashboard ``message_id``, what was already sent) makes the resumed sweep edit the same dashboard and resend nothing.
-
-Messages: 🚀 start (loud), 📊 one dashboard edited at most every ``edit_interval_s`` (silent), ❌ one digest per
-burst of errored trials (loud), and a final dashboard edit at the end. Progress is counted in episodes (what dqlray's
-trials report and ASHA schedules on).
+hook only updates counters and enqueues on the process's notifier, and never raises. Tune pickles callbacks
+(``tuner.pkl``) and restores their ``get_state()`` on ``Tuner.restore``: the notifier (and so the token) is never
+pickled; a restored callback uses the process's notifier (:func:`~dqlray.notify.sender.get_notifier`, made by the
+sweep driver with its credentials), and the saved state makes the resumed sweep edit the same dashboard and resend
+nothing. Messages: 🚀 start, 📊 one dashboard edited at most every ``edit_interval_s``, ❌ one digest per burst of
+errored trials, and a final dashboard edit. Progress is in episodes (what trials report and ASHA schedules on).
 """
 
 from __future__ import annotations
@@ -287,15 +283,6 @@ class TelegramTuneCallback(Callback):
         c["pending"] = max(c["pending"], total - sum(v for k, v in c.items() if k != "pending"))
         return c
 
-    def _top(self) -> list[messages.TrialRow]:
-        scored = [(tid, info) for tid, info in self._trials.items() if info.get("metric") is not None]
-        sign = -1.0 if self.mode == "max" else 1.0
-        scored.sort(key=lambda item: (sign * item[1]["metric"], item[0]))
-        return [messages.TrialRow(trial_id=tid, metric=info["metric"], metric_std=info.get("std"),
-                                  val_return=info.get("val_return"), episodes=info.get("episodes"),
-                                  status=info["status"], config=info.get("config") or {})
-                for tid, info in scored[: self.top_k]]
-
     def _eta(self, elapsed: float | None, counts: Mapping[str, int]) -> float | None:
         """Remaining time from the share of the total budget consumed so far (an overestimate under ASHA, which
         stops most trials early)."""
@@ -311,13 +298,15 @@ class TelegramTuneCallback(Callback):
         return elapsed * max(0.0, total - done) / done if done > 0 and total > 0 else None
 
     def dashboard_text(self, *, final: bool = False) -> str:
-        """The dashboard as it would be sent now."""
+        """The dashboard as it would be sent now: the ``top_k`` trials by the metric, best first."""
         counts = self.counts()
         elapsed = self._wall() - self._started_at if self._started_at is not None else None
-        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall()))
-        return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts,
-                                        top=self._top(), elapsed_s=elapsed, eta_s=self._eta(elapsed, counts),
-                                        updated=updated, final=final)
+        sign = -1.0 if self.mode == "max" else 1.0
+        top = sorted(((tid, info) for tid, info in self._trials.items() if info.get("metric") is not None),
+                     key=lambda item: (sign * item[1]["metric"], item[0]))[: self.top_k]
+        return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts, top=top,
+                                        elapsed_s=elapsed, eta_s=self._eta(elapsed, counts), final=final,
+                                        updated=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall())))
 
     def _tick(self, *, dirty: bool = False, force: bool = False, final: bool = False) -> None:
         self._dirty = self._dirty or dirty
