@@ -6,7 +6,6 @@ import time
 
 import pytest
 import requests
-from conftest import CHAT
 from fake_telegram import closed_port, make_fake_token
 
 from dqlray.notify import messages
@@ -17,6 +16,7 @@ from dqlray.notify.telegram import (
     TelegramTransportError,
 )
 
+CHAT = "4242"  # the chat of conftest's `tg` fake server
 EXPERIMENT = "hp_sweep_lr0.001_g0.99"
 
 

@@ -322,3 +322,32 @@ def test_restored_callback_shares_the_drivers_notifier_made_from_the_flags(tg, t
     assert len(tg.messages) == sent_before  # no second start message or dashboard
     dashboard = next(m for m in tg.messages if m["message_id"] == state["dashboard_message_id"])
     assert "0.9" in dashboard["plain"] and "Sweep finished (trials)" in dashboard["plain"]
+
+
+@pytest.mark.slow
+def test_tune_main_sends_start_dashboard_and_result_through_one_notifier(tg, tmp_path):
+    """The sweep driver, its dashboard callback and the end message share the process's one notifier."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sweep = {"data": {"data_file": str(root / "data" / "test_small.csv")}, "env": {"episode_length": 60},
+             "agent": {"learning_starts": 50, "buffer_size": 2000}, "train": {"episodes": 2, "num_seeds": 1},
+             "search": {"agent.learning_rate": {"loguniform": [1e-4, 1e-2]}},
+             "sweep": {"search": "random", "num_samples": 2, "seed": 3}}
+    (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DQLRAY_"))}
+    env.update(HOME=str(tmp_path), TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_CHAT_ID=CHAT,
+               DQLRAY_TELEGRAM_API_BASE=tg.url, DQLRAY_NOTIFY_SPOOL=str(tmp_path / "spool"))
+    proc = subprocess.run([sys.executable, str(root / "tune_main.py"), "--config", str(tmp_path / "sweep.yaml"),
+                           "--experiment-name", "nt", "--storage-path", str(tmp_path / "store"), "--no-dashboard"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    heads = [m["plain"].split("\n")[0] for m in tg.messages if m["kind"] == "message"]
+    assert heads == ["🚀 Sweep started · nt", "📊 Sweep finished (trials) · nt", "✅ Sweep finished · nt"], heads
+    assert "Budget per trial: 2 episodes (ASHA)" in tg.messages[0]["plain"]
+    assert "Deflated Sharpe ratio" in tg.messages[2]["plain"] and "buy&hold" in tg.messages[2]["plain"]
+    assert 400 not in tg.statuses() and "dqlray notify:" not in proc.stderr  # all delivered, nothing spooled
+    assert tg.token not in proc.stdout + proc.stderr

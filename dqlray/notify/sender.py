@@ -260,7 +260,8 @@ class Notifier:
             if self._atexit_registered:
                 atexit.unregister(self._atexit)
                 self._atexit_registered = False
-            if self._prev_sigterm is not None and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            if (self._prev_sigterm is not None and threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) == self._on_sigterm):
                 signal.signal(signal.SIGTERM, self._prev_sigterm)
             if spooled:
                 where = shlex.quote(str(self._spool.directory))
@@ -337,8 +338,10 @@ class Notifier:
         return self._clock() < self._open_until
 
     def _gate(self) -> float:
-        """When the next call may go: the governor's pacing, a 429 hold, or the backoff after a failure."""
-        return max(self._backoff_until, self._governor.next_allowed(self.config.chat_id, self.config.is_group))
+        """When the next call may go: the governor's pacing, a 429 hold, or the backoff after a failure (not while
+        flushing: at exit one retry now, and a hanging one stalls the flush, beats waiting out the backoff first)."""
+        backoff = float("-inf") if self._flushing else self._backoff_until
+        return max(backoff, self._governor.next_allowed(self.config.chat_id, self.config.is_group))
 
     def _deliver(self, client: TelegramClient, ev: Event) -> None:
         if self._is_open():

@@ -135,7 +135,7 @@ class TelegramTuneCallback(Callback):
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Literal secrets to redact (none while no notifier is attached)."""
+        """Literal secrets to redact (none while no notifier is attached; never raises: used to log failures)."""
         return self._notifier.secrets if self._notifier else ()
 
     def _adopt_dashboard(self) -> None:
@@ -224,13 +224,13 @@ class TelegramTuneCallback(Callback):
         """Count the trial as errored and add it to the current burst (one ❌ digest per burst)."""
         info_ = self._record_result(self._trial(trial), getattr(trial, "last_result", None) or {})
         info_["status"] = "errored"
-        text = _error_text(trial)
+        text, secrets = _error_text(trial), self.notifier.secrets
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-        info_["error"] = redact((lines[-1] if lines else "error (no message)")[:500], self.secrets)
+        info_["error"] = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
         tid = str(trial.trial_id)
         if tid not in self._errors_reported and tid not in self._burst:
             self._burst.append(tid)
-            info_["error_text"] = redact(text[-4000:], self.secrets)
+            info_["error_text"] = redact(text[-4000:], secrets)
             if self._burst_started is None:
                 self._burst_started = self._clock()
         self._tick(dirty=True)
@@ -324,7 +324,7 @@ class TelegramTuneCallback(Callback):
         total_errored = sum(1 for info in self._trials.values() if info["status"] == "errored")
         tails = [self._trials.get(tid, {}).pop("error_text", None) for tid in burst]
         self.notifier.notify(messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tails[0],
-                                                   secrets=self.secrets), critical=True)
+                                                   secrets=self.notifier.secrets), critical=True)
         self._errors_reported.extend(burst)
 
 
