@@ -336,7 +336,7 @@ def test_tune_main_sends_start_dashboard_and_result_through_one_notifier(tg, tmp
     sweep = {"data": {"data_file": str(root / "data" / "test_small.csv")}, "env": {"episode_length": 60},
              "agent": {"learning_starts": 50, "buffer_size": 2000}, "train": {"episodes": 2, "num_seeds": 1},
              "search": {"agent.learning_rate": {"loguniform": [1e-4, 1e-2]}},
-             "sweep": {"search": "random", "num_samples": 2, "seed": 3}}
+             "sweep": {"search": "random", "num_samples": 2, "grace_period": 1, "seed": 3}}
     (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DQLRAY_"))}
     env.update(HOME=str(tmp_path), TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_CHAT_ID=CHAT,
