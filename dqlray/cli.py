@@ -112,17 +112,9 @@ class _StopFlag:
         self.signal = signum
 
 
-def _make_notifier(args: argparse.Namespace, experiment: str) -> Any:
-    try:
-        from dqlray.notify import RunNotifier, load_notify_config
-    except ImportError:  # pragma: no cover - notifications not installed
-        return None
-    cfg = load_notify_config(token=args.telegram_token, chat_id=args.telegram_chat_id)
-    return RunNotifier(cfg, experiment=experiment) if cfg is not None else None
-
-
 def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
     """Train one experiment, evaluate it once on the test split, save everything (and a report)."""
+    from dqlray.notify import RunNotifier, get_notifier
     from dqlray.runinfo import check_folder
     from dqlray.workflow import run_experiment
 
@@ -130,39 +122,35 @@ def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
     check_folder(config.train.results_dir, "--results_dir")
     stop = _StopFlag()
     stop.install()
-    notifier = _make_notifier(args, config.train.experiment_name)
+    notifier = RunNotifier(get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id),
+                           config.train.experiment_name)
     try:
         outcome = run_experiment(config, resume=args.resume, notifier=notifier,
                                  progress=False if args.no_progress else None, should_stop=stop)
         if outcome.evaluation is None:
-            if notifier is not None:
-                notifier.time_limit()
+            notifier.time_limit()
             return EXIT_RESUMABLE
         image = None
         if report:
             image = _build_report(outcome.run_dir)
-        if notifier is not None:
-            ev = outcome.evaluation
-            notifier.finished(final_reward=outcome.result.final.get("episode_return", float("nan")),
-                              test_metrics={k: v["mean"] for k, v in ev["agent"]["summary"].items()},
-                              baseline_metrics=ev["baselines"]["buy_and_hold"], model_path=ev.get("model_path"),
-                              image_path=image)
+        ev = outcome.evaluation
+        notifier.finished(final_reward=outcome.result.final.get("episode_return", float("nan")),
+                          test_metrics={k: v["mean"] for k, v in ev["agent"]["summary"].items()},
+                          baselines={"buy&hold": ev["baselines"]["buy_and_hold"]}, model_path=ev.get("model_path"),
+                          image_path=image)
         return 0
     except BaseException as e:
-        if notifier is not None and not isinstance(e, DqlrayError):
+        if not isinstance(e, DqlrayError):
             notifier.error(e)
         raise
     finally:
-        if notifier is not None:
-            notifier.close(deadline_s=10)
+        notifier.close(deadline_s=10)
 
 
 def _build_report(run_dir: Any) -> str | None:
-    """Write the run's HTML report when the reporting module is available; return the equity PNG path."""
-    try:
-        from dqlray.report import build_run_report
-    except ImportError:
-        return None
+    """Write the run's HTML report; return the equity PNG path (None when the report could not be built)."""
+    from dqlray.report import build_run_report
+
     try:
         out = build_run_report(run_dir)
     except Exception as e:  # noqa: BLE001 - the run is saved; `dqlray report DIR` can retry
@@ -290,13 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_parsers(sub: Any) -> None:
     """Subcommands that live in their own modules (sweeps, reports, notifications)."""
-    for module, fn in (("dqlray.tuning.cli", "add_consolidate_parser"), ("dqlray.report.cli", "add_report_parsers"),
-                       ("dqlray.notify.cli", "add_notify_parser")):
-        try:
-            mod = __import__(module, fromlist=[fn])
-        except ImportError:
-            continue
-        getattr(mod, fn)(sub)
+    from dqlray.notify.cli import add_notify_parser
+    from dqlray.report.cli import add_report_parsers
+    from dqlray.tuning.cli import add_consolidate_parser
+
+    for add in (add_consolidate_parser, add_report_parsers, add_notify_parser):
+        add(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.formatting import fmt
 from dqlray.lock import hold_folder
 from dqlray.market import Market
+from dqlray.notify import Notifier, RunNotifier
 from dqlray.parts import build_market, make_learner
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
 from dqlray.trainer import TrainResult, list_checkpoints, load_checkpoint, replay_bytes, train
@@ -161,7 +162,7 @@ def run_experiment(
     config: ExperimentConfig,
     *,
     resume: bool = False,
-    notifier: Any = None,
+    notifier: RunNotifier | None = None,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Callable[[str], None] = print,
@@ -200,18 +201,17 @@ def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: 
     if not resume:
         write_run_header(run_dir, config, data, market)
     tc = config.train
-    if notifier is not None:
-        notifier.start(agent_type=config.agent.agent_type, episodes=tc.episodes, data_file=config.data.data_file)
+    notifier = notifier or RunNotifier(Notifier(), tc.experiment_name)  # a no-op one by default
+    notifier.start(agent_type=config.agent.agent_type, episodes=tc.episodes, data_file=config.data.data_file)
     history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
 
     def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
         history.append(metrics)
         write_metrics_csv(run_dir / "metrics.csv", history)
-        if notifier is not None:
-            notifier.progress(episode=metrics["episodes"], total=tc.episodes, mean_reward=metrics["episode_return"],
-                              loss=metrics["loss"], epsilon=metrics["epsilon"])
-            if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
-                notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
+        notifier.progress(episode=metrics["episodes"], total=tc.episodes, mean_reward=metrics["episode_return"],
+                          loss=metrics["loss"], epsilon=metrics["epsilon"])
+        if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
+            notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
 
     try:
         result = train(config, market, report=report, checkpoint_dir=ckpt_dir, resume_from=state,

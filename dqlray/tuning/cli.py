@@ -66,6 +66,7 @@ def tune_main(argv: Sequence[str] | None = None, *, trainable: Any = None) -> in
 
 
 def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = None) -> int:
+    from dqlray.notify import get_notifier
     from dqlray.tuning.space import parse_sweep_file
     from dqlray.tuning.sweep import SweepRun, run_sweep, stored_sweep_file
 
@@ -94,15 +95,10 @@ def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = 
         name = args.experiment_name or f"{Path(config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or not name:
         raise ConfigError(f"--experiment-name {name!r}: a non-empty name without '/'")
-    notify = None
-    try:
-        from dqlray.notify import load_notify_config
-
-        notify = load_notify_config(token=args.telegram_token, chat_id=args.telegram_chat_id)
-    except ImportError:  # pragma: no cover
-        pass
+    # The process's one notifier (issue 15), made here from the guide's flags; run_sweep and its callback share it.
+    get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id)
     run = SweepRun(sweep_file=sf, experiment_name=name, storage_path=args.storage_path, address=args.address,
-                   resume=args.resume, dashboard=not args.no_dashboard, notify=notify)
+                   resume=args.resume, dashboard=not args.no_dashboard)
     return run_sweep(run, stop_requested=stop_requested, trainable=trainable)
 
 

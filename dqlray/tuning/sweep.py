@@ -28,6 +28,7 @@ from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
 from dqlray.lock import hold_folder
 from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
+from dqlray.notify import SweepNotifier, get_notifier
 from dqlray.parts import build_market
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
 from dqlray.trainer import checkpoint_bytes, list_checkpoints
@@ -58,7 +59,6 @@ class SweepRun:
     address: str | None = None
     resume: bool = False
     dashboard: bool = True
-    notify: Any = None  # a NotifyConfig, or None
 
 
 def experiment_dir(run: SweepRun) -> Path:
@@ -347,6 +347,7 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
     import ray
     from ray import tune
 
+    from dqlray.notify.tune_callback import TelegramTuneCallback
     from dqlray.tuning.room import RoomWatch, SweepRoom
 
     sf = run.sweep_file
@@ -375,19 +376,14 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         meta = {"experiment": run.experiment_name, **sweep_file_dict(sf), "space": space_summary(sf),
                 "data_hash": data_hash(data), "expected_trials": expected_trials(sf), "git_commit": git_commit(),
                 "versions": package_versions()}
+    notifier = get_notifier()  # the process's one notifier, shared with the dashboard callback (issue 15)
+    sweep_notifier = SweepNotifier(notifier, run.experiment_name)
     cluster = _init_ray(run, out, local)
     _stop_on_sigterm()
     try:
-        callbacks = []
-        sweep_notifier = None
-        if run.notify is not None:
-            from dqlray.notify import SweepNotifier, TelegramTuneCallback
-
-            callbacks.append(TelegramTuneCallback(
-                run.notify, experiment=run.experiment_name, metric=sf.sweep.metric, mode="max",
-                num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes,
-                time_attr=TIME_ATTR))
-            sweep_notifier = SweepNotifier(run.notify, experiment=run.experiment_name)
+        callbacks = [TelegramTuneCallback(
+            experiment=run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
+            num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
         callbacks.append(RoomWatch(str(exp), room.reserve))
         tuner, wrapped = _build_tuner(run, data, cluster, callbacks, trainable or dqn_trainable)
         write_json(meta_path, meta)  # only now: a sweep refused for its resources leaves no trace
@@ -415,30 +411,25 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
                                 f"{expected_trials(sf)} trials: free some space, then resume with: {resume_cmd}")
             out(f"\nSweep stopped with {len(trials) - len(unfinished)} of {expected_trials(sf)} trials finished; "
                 f"state saved. Resume with: {resume_cmd}")
-            if sweep_notifier is not None:
-                sweep_notifier.time_limit()
+            sweep_notifier.time_limit()
             return EXIT_RESUMABLE
         summary = finish_sweep(run, data, out)
         report_png = _sweep_report(exp, out)
-        if sweep_notifier is not None and "test" in summary:
+        if "test" in summary:
             dsr = summary["deflated_sharpe"]
             sweep_notifier.finished(
                 best_config=summary["best_params"],
                 test_metrics={k: v["mean"] for k, v in summary["test"]["agent"]["summary"].items()},
-                baseline_metrics=summary["test"]["baselines"]["buy_and_hold"],
+                baselines={"buy&hold": summary["test"]["baselines"]["buy_and_hold"]},
                 deflated_sharpe=dsr["dsr"], n_trials=dsr["n_trials"], image_path=report_png)
         return 0
     except BaseException as e:
-        if run.notify is not None and not isinstance(e, (DqlrayError, KeyboardInterrupt)):
-            try:
-                from dqlray.notify import SweepNotifier
-
-                SweepNotifier(run.notify, experiment=run.experiment_name).error(e)
-            except Exception:  # noqa: BLE001 - a notification must never mask the real error
-                pass
+        if not isinstance(e, (DqlrayError, KeyboardInterrupt)):
+            sweep_notifier.error(e)  # never raises: a notification must never mask the real error
         raise
     finally:
         ray.shutdown()
+        sweep_notifier.close()
 
 
 def _stop_on_sigterm() -> None:
@@ -459,10 +450,8 @@ def _finished_trials(exp: Path) -> int:
 
 
 def _sweep_report(exp: Path, out: Any) -> str | None:
-    try:
-        from dqlray.report import build_sweep_report
-    except ImportError:
-        return None
+    from dqlray.report import build_sweep_report
+
     try:
         rep = build_sweep_report(exp)
     except Exception as e:  # noqa: BLE001 - the sweep is saved; `dqlray report DIR` can retry
