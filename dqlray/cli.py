@@ -208,7 +208,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     print(f"Baselines on the {args.part} split of {config.data.data_file} (costs {ec.fee_bps + ec.slippage_bps} bps)")
     print(header)
     print("-" * len(header))
-    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
+    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed, fee_bps=ec.fee_bps,
+                                    slippage_bps=ec.slippage_bps).items():
         m = evaluate_policy(pol, market, part=args.part, positions=ec.positions, fee_bps=ec.fee_bps,
                             slippage_bps=ec.slippage_bps, name=name, periods=config.train.periods_per_year).metrics[0]
         print(f"{name:<16}" + "".join(f"{_fmt(m[k], k):>14}" for k in HEADLINE))

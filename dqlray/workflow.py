@@ -109,7 +109,8 @@ def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, 
               periods=config.train.periods_per_year)
     results = {"agent": evaluate_policy(GreedyPolicy(learner), market, part=part, n_envs=learner.k, name="agent",
                                         **kw)}
-    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
+    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed, fee_bps=ec.fee_bps,
+                                    slippage_bps=ec.slippage_bps).items():
         results[name] = evaluate_policy(pol, market, part=part, name=name, **kw)
     out = {
         "part": part,
