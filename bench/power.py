@@ -439,6 +439,20 @@ def _report_search(specs: list[MarketSpec], pool: list[dict], scores: dict, swee
               f"{_fmt(cells['steps'] * 100 if cells['steps'] is not None else None, '.0f'):>8}{skill:>7}")
         result["markets"][spec.name] = row
     result["pool_params"] = pool
+    if planted_rows:
+        # Is the pool's spread of true quality larger than the noise in measuring it? If not, its oracle best and
+        # median (and so the regret's denominator) are mostly seed noise. Rank correlation of validation (search
+        # seeds) with true quality (fresh seeds): how much selecting on validation can find.
+        import pandas as pd
+
+        spread = np.mean([np.std(row["pool"]["true"], ddof=1) for _, row in planted_rows])
+        noise = np.mean([np.mean(row["pool"]["true_se"]) for _, row in planted_rows])
+        rho = np.mean([pd.Series(row["pool"]["val_search"]).corr(pd.Series(row["pool"]["true"]), method="spearman")
+                       for _, row in planted_rows])
+        result["pool_diagnostics"] = {"true_sd": float(spread), "true_se": float(noise), "val_true_spearman": rho}
+        print(f"  pool: spread of true quality across configurations (sd) {spread:.2f} against its measurement noise "
+              f"(standard error over fresh seeds) {noise:.2f}; Spearman correlation of validation with true quality "
+              f"{rho:+.2f} (means over planted markets)")
     same = [abs(row["sweep"]["pick_val_search_rescored"] - row["sweep"]["best_val"]) < 1e-9
             for _, row in planted_rows + null_rows if "sweep" in row]
     if same:
@@ -479,7 +493,7 @@ def _goals(planted_rows: list, null_rows: list, sweeps: dict, result: dict) -> N
                 else:  # too few markets for their spread: the fresh seeds' standard error alone
                     d = float(np.mean(diffs))
                     se = float(np.sqrt(np.sum([row["sweep"]["pick_true_se"] ** 2 for row in sel])) / len(sel))
-                    how = "from the fresh seeds only (too few markets for their spread)"
+                    how = "from the fresh seeds only: too few markets for their spread, indicative only"
                 ok = bool(d > GOALS["nonlinear_se"] * se)
                 goals["power_interaction"] = {"pick_minus_probe": d, "se": se, "se_from": how, "met": ok}
                 line += (f"\n    goal: pick - probe > {GOALS['nonlinear_se']:g} SE: {d:+.2f} ± {se:.2f} ({how}), "
