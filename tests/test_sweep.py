@@ -84,6 +84,7 @@ def test_sweep_asha_retry_and_results(tmp_path):
     assert summary["n_trials"] == 8 and summary["n_stopped_by_asha"] == len(stopped)
     assert 0.0 <= summary["deflated_sharpe"]["dsr"] <= 1.0 and summary["deflated_sharpe"]["n_trials"] == 8
     assert summary["test"]["part"] == "test" and "buy_and_hold" in summary["test"]["baselines"]
+    assert "linear_probe" in summary["test"]["baselines"]
     best = yaml.safe_load((exp / "best_config.yaml").read_text())
     assert best["agent"]["learning_rate"] == pytest.approx(summary["best_params"]["agent.learning_rate"])
     assert "Deflated Sharpe Ratio" in proc.stdout
