@@ -7,8 +7,8 @@ classes and changes nothing in them; keep it in step with the trainer). Sections
 
 - ``act``: epsilon schedule and ``DQNLearner.act`` (greedy forward + per-seed exploration draws);
 - ``env``: ``VecTradingEnv.step``;
-- ``insert``: the n-step accumulator and ``ReplayBuffer`` add (plus the loop's copies of ``t`` and ``pos``);
-- ``sample``: ``ReplayBuffer.sample`` (index draws and field gathers);
+- ``insert``: ``ReplayBuffer.add`` (plus the loop's copies of ``t`` and ``pos``);
+- ``sample``: ``ReplayBuffer.sample`` (index draws, record gathers, n-step returns);
 - ``gather``: ``Market.observe`` inside ``DQNLearner.update`` (observations for the sampled bars);
 - ``update``: the rest of ``DQNLearner.update`` (forward, manual backward, clipping, Adam, target sync, stats);
 - ``other``: the loop's own bookkeeping.
@@ -62,7 +62,7 @@ def profile(k: int, steps: int, args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.throughput import bench_config
     from dqlray.dqn import DQNLearner
-    from dqlray.replay import NStepAccumulator, ReplayBuffer
+    from dqlray.replay import ReplayBuffer
     from dqlray.trainer import _epsilon
     from dqlray.vec_env import VecTradingEnv
 
@@ -77,8 +77,8 @@ def profile(k: int, steps: int, args: argparse.Namespace) -> dict[str, Any]:
     learner = DQNLearner(ac, market, venv.n_actions, seeds, [s[2] for s in streams], torch.device("cpu"))
     timed = _TimedMarket(market)
     learner.market = timed
-    buffer = ReplayBuffer(k, ac.buffer_size, [s[1] for s in streams])
-    nstep = NStepAccumulator(k, ac.n_step, ac.gamma)
+    buffer = ReplayBuffer(k, ac.buffer_size, [s[1] for s in streams], gamma=ac.gamma, n_step=ac.n_step,
+                          reward_scale=ac.reward_scale, pos_values=venv.pos_values)
     ns = dict.fromkeys(SECTIONS, 0)
     pc = time.perf_counter_ns
     obs = venv.reset()
@@ -94,8 +94,7 @@ def profile(k: int, steps: int, args: argparse.Namespace) -> dict[str, Any]:
         pos = venv.pos
         step = venv.step(actions)
         t2 = pc()
-        nstep.push(buffer, t, pos, actions, step.reward * ac.reward_scale, venv.pos_values[actions], step.terminated,
-                   step.truncated)
+        buffer.add(t, pos, actions, step.reward, step.terminated, step.truncated)
         t3 = pc()
         obs = step.obs
         if (step.terminated | step.truncated).any():

@@ -116,6 +116,10 @@ class AgentConfig:
     """Final exploration rate."""
     eps_decay_fraction: float = 0.3
     """Fraction of the training budget over which epsilon decays linearly."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW, Loshchilov and Hutter 2019): every step multiplies the parameters by
+    ``1 - learning_rate * weight_decay`` before the Adam step; 0 is plain Adam. A regulariser for small, noisy
+    training sets (issue 12)."""
 
     def __post_init__(self) -> None:
         _check(self.agent_type in AGENT_ALIASES, "agent", "agent_type", self.agent_type,
@@ -133,6 +137,9 @@ class AgentConfig:
                f"an integer >= n_step ({self.n_step}), so every seed's buffer holds transitions before learning")
         _check(self.reward_scale > 0, "agent", "reward_scale", self.reward_scale, "a number > 0")
         _check(0 < self.tau <= 1, "agent", "tau", self.tau, "a number in (0, 1]")
+        _check(self.weight_decay >= 0 and self.learning_rate * self.weight_decay < 1, "agent", "weight_decay",
+               self.weight_decay, f"a number >= 0 with learning_rate * weight_decay < 1 (learning_rate is "
+               f"{self.learning_rate})")
         _check(self.loss in ("huber", "mse"), "agent", "loss", self.loss, "huber or mse")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "agent", "max_grad_norm", self.max_grad_norm,
                "null or a number > 0")

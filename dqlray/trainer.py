@@ -22,11 +22,11 @@ import torch
 
 from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV, chronological_split
-from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
+from dqlray.dqn import DQNLearner, GreedyPolicy, linear_epsilon, resolve_device
 from dqlray.errors import ConfigError
 from dqlray.evaluation import evaluate_policy
 from dqlray.market import Market, first_decision_bar
-from dqlray.replay import BYTES_PER_TRANSITION, NStepAccumulator, ReplayBuffer
+from dqlray.replay import ReplayBuffer, replay_nbytes
 from dqlray.vec_env import VecTradingEnv
 
 ReportFn = Callable[[dict[str, Any], str | None], None]
@@ -64,8 +64,8 @@ def build_market(config: ExperimentConfig, data: OHLCV) -> Market:
 
 
 def replay_bytes(config: ExperimentConfig) -> int:
-    """Memory of the replay buffer for ``config``: seeds x capacity x bytes per transition."""
-    return config.train.num_seeds * config.agent.buffer_size * BYTES_PER_TRANSITION
+    """Memory of the replay buffer for ``config``: seeds x (capacity + n_step - 1) x bytes per transition."""
+    return replay_nbytes(config.train.num_seeds, config.agent.buffer_size, config.agent.n_step)
 
 
 def steps_per_episode(config: ExperimentConfig, market: Market) -> int:
@@ -118,8 +118,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _epsilon(cfg: ExperimentConfig, step: int, total: int) -> float:
     a = cfg.agent
-    frac = min(step / max(a.eps_decay_fraction * total, 1.0), 1.0)
-    return a.eps_start + frac * (a.eps_end - a.eps_start)
+    return linear_epsilon(step, total, a.eps_start, a.eps_end, a.eps_decay_fraction)
 
 
 def train(
@@ -150,8 +149,8 @@ def train(
                          slippage_bps=ec.slippage_bps, episode_length=ec.episode_length,
                          random_start=ec.random_start, ruin_fraction=ec.ruin_fraction, seeds=[s[0] for s in streams])
     learner = DQNLearner(ac, market, venv.n_actions, seeds, [s[2] for s in streams], device)
-    buffer = ReplayBuffer(k, ac.buffer_size, [s[1] for s in streams])
-    nstep = NStepAccumulator(k, ac.n_step, ac.gamma)
+    buffer = ReplayBuffer(k, ac.buffer_size, [s[1] for s in streams], gamma=ac.gamma, n_step=ac.n_step,
+                          reward_scale=ac.reward_scale, pos_values=venv.pos_values)
     per_episode = steps_per_episode(config, market)
     total_steps = tc.episodes * per_episode
     ckpt = _Checkpointer(Path(checkpoint_dir), tc.keep_checkpoints) if checkpoint_dir is not None else None
@@ -167,7 +166,6 @@ def train(
         state = load_checkpoint(resume_from)
         learner.load_state_dict(state["learner"])
         buffer.load_state_dict(state["buffer"])
-        nstep.load_state_dict(state["nstep"])
         _load_env_state(venv, state["env"])
         env_steps, start_episode, episodes_done = state["env_steps"], state["episode"], state["episodes_done"]
         history = list(state["history"])
@@ -194,8 +192,7 @@ def train(
             t = venv.t.copy()
             pos = venv.pos
             step = venv.step(actions)
-            nstep.push(buffer, t, pos, actions, step.reward * ac.reward_scale, venv.pos_values[actions], step.terminated,
-                       step.truncated)
+            buffer.add(t, pos, actions, step.reward, step.terminated, step.truncated)
             obs = step.obs
             env_steps += 1
             if (step.terminated | step.truncated).any():
@@ -228,7 +225,7 @@ def train(
         if ckpt is not None and (done_episodes % tc.checkpoint_every == 0 or done_episodes == tc.episodes
                                  or stop_now):
             state = {"learner": learner.state_dict(), "buffer": buffer.state_dict(tc.checkpoint_buffer),
-                     "nstep": nstep.state_dict(), "env": _env_state(venv), "env_steps": env_steps,
+                     "env": _env_state(venv), "env_steps": env_steps,
                      "episode": done_episodes, "episodes_done": episodes_done, "history": history,
                      "last_val": last_val, "config": config.to_dict()}
             path = last_ckpt = ckpt.save(done_episodes, state)
