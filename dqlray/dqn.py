@@ -359,7 +359,6 @@ class DQNLearner:
                     "dueling": sub.member_dueling.tolist()})
         return out
 
-    @torch.inference_mode()
     def remove_members(self, rows: Sequence[int]) -> dict:
         """Take members ``rows`` out of the learner and return their :meth:`member_state`.
 

@@ -250,8 +250,13 @@ def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentCo
     res = evaluate_policy(GreedyPolicy(learner), market, part="val", n_envs=learner.k, positions=ec.positions,
                           fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps, name="agent",
                           periods=config.train.periods_per_year)
-    sharpes = np.array([m["sharpe"] for m in res.metrics])
-    rets = np.array([m["total_return"] for m in res.metrics])
+    return validation_summary(res.metrics)
+
+
+def validation_summary(per_seed: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and spread over seeds of the validation Sharpe and return, from each seed's metrics."""
+    sharpes = np.array([m["sharpe"] for m in per_seed])
+    rets = np.array([m["total_return"] for m in per_seed])
     return {
         "val_sharpe": float(sharpes.mean()),
         "val_sharpe_std": float(sharpes.std(ddof=1)) if len(sharpes) > 1 else 0.0,

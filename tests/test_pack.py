@@ -1,0 +1,196 @@
+"""Packed trials (issue 14): a configuration trained inside a pack equals the same configuration trained alone."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from dqlray.config import load_config
+from dqlray.data import synth_market
+from dqlray.dqn import DQNLearner
+from dqlray.errors import ConfigError
+from dqlray.pack import PackRun, group_configs, pack_conflict, pack_problem, train_pack
+from dqlray.replay import BYTES_PER_TRANSITION, ReplayBuffer
+from dqlray.trainer import train
+from dqlray.tuning.space import parse_sweep_file, trial_config
+
+DATA = synth_market(700, seed=3, ar=0.2)
+TIMING = ("steps_per_s", "time_total_s")
+
+
+def small(**over):
+    base = {"env": {"episode_length": 100},
+            "agent": {"learning_starts": 50, "buffer_size": 300, "hidden": [32, 32], "target_update_freq": 10},
+            "train": {"episodes": 3, "num_seeds": 2, "eval_every": 1}}
+    for sec, vals in over.items():
+        base.setdefault(sec, {}).update(vals)
+    return load_config(overrides=base)
+
+
+# One pack that mixes every per-member value: a dueling Double-DQN member among plain ones, narrower hidden layers
+# and a smaller batch (padded), n-step lengths 1/2/3, discounts, learning rates, Polyak tau, target periods, clip
+# norms (one none), weight decay, reward scale, loss, exploration schedule, seeds and budgets.
+CONFIGS = [
+    small(),
+    small(agent={"agent_type": "double_dueling", "n_step": 3, "gamma": 0.8}, train={"seed": 3}),
+    small(agent={"hidden": [16, 24], "batch_size": 32, "learning_rate": 1e-3, "tau": 0.2, "target_update_freq": 3}),
+    small(agent={"loss": "mse", "max_grad_norm": None, "weight_decay": 0.01, "reward_scale": 50.0, "eps_start": 0.5,
+                 "eps_end": 0.1, "eps_decay_fraction": 0.5, "n_step": 2}),
+    small(agent={"max_grad_norm": 0.5, "gamma": 0.0, "target_update_freq": 7}, train={"seed": 11, "episodes": 2}),
+]
+STOPPED = 1  # stopped after its first episode, as an early-stopping rule would
+
+
+def strip(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+@pytest.fixture(scope="module")
+def packed():
+    return train_pack(CONFIGS, DATA, should_stop=lambda ci, m: ci == STOPPED and m["episodes"] == 1)
+
+
+@pytest.mark.parametrize("ci", range(len(CONFIGS)))
+def test_member_of_a_pack_equals_its_run_alone(packed, ci):
+    alone = train(CONFIGS[ci], DATA, progress=False, should_stop=(lambda: True) if ci == STOPPED else None)
+    got = packed[ci]
+    assert got.stopped_early == (ci == STOPPED)
+    ln = alone.learner
+    for key, want in (("online", ln.net.flat), ("target", ln.target_flat), ("exp_avg", ln.exp_avg),
+                      ("exp_avg_sq", ln.exp_avg_sq)):
+        assert got.state[key].shape == want.shape, key  # laid out as alone: its own widths, no padding
+        assert torch.allclose(got.state[key], want, rtol=1e-4, atol=1e-6), key
+    assert got.state["updates"] == ln.updates
+    mine, theirs = strip(got.history), strip(alone.history)
+    assert [list(r) for r in mine] == [list(r) for r in theirs]
+    for a, b in zip(mine, theirs, strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6, nan_ok=True)
+
+
+def test_member_state_loads_into_a_learner_of_its_own(packed):
+    cfg = CONFIGS[2]
+    run = PackRun(CONFIGS[:3], DATA)
+    run.run_episode()
+    market = run.market
+    rows = run.rows_of(2)
+    obs = market.observe(np.arange(200, 264), np.zeros(64))
+    for take, seeds in ((rows, cfg.train.seeds), (rows[1:], cfg.train.seeds[1:])):  # the configuration; one member
+        own = DQNLearner(cfg.agent, market, 2, seeds, [np.random.SeedSequence(s).spawn(3)[2] for s in seeds],
+                         torch.device("cpu"))
+        own.load_state_dict(run.learner.member_state(take))
+        for r, row in enumerate(take):
+            q_pack = run.learner.net.forward(torch.from_numpy(obs)[None].expand(run.learner.k, -1, -1))[row]
+            q_own = own.net.forward(torch.from_numpy(obs)[None].expand(own.k, -1, -1))[r]
+            assert torch.allclose(q_pack, q_own, atol=1e-6)
+    with pytest.raises(Exception, match="hidden"):  # another configuration's members do not load
+        own.load_state_dict(run.learner.member_state(run.rows_of(0)[:1]))
+
+
+def test_padding_stays_zero_and_stopping_shrinks_the_pack():
+    run = PackRun([CONFIGS[0], CONFIGS[1], CONFIGS[2]], DATA)
+    run.run_episode()
+    ln = run.learner
+    ws, bs = ln.net.weights, ln.net.biases
+    narrow = run.rows_of(2)
+    assert ln.net.hidden == (32, 32) and ln.updates > 0
+    assert (ws[0][narrow, :, 16:] == 0).all() and (bs[0][narrow, :, 16:] == 0).all()  # units the member lacks
+    assert (ws[1][narrow, 16:] == 0).all() and (ws[1][narrow, :, 24:] == 0).all()
+    assert (ws[-2][run.rows_of(0)] == 0).all() and (bs[-2][run.rows_of(0)] == 0).all()  # no value branch
+    assert (ln.exp_avg_sq.abs().sum(1) > 0).all()
+    run.stop([0, 1])
+    assert ln.k == 2 and ln.net.hidden == (16, 24) and not ln.net.dueling  # narrower, and a plain head again
+    assert run.buffer.k == 2 and run.venv.n_envs == 2 and run.active == [2]
+    assert ln.net.flat.shape == ln.grad.shape == ln.target_flat.shape == (2, ln.net.n_params)
+
+
+def test_pack_resume_equals_uninterrupted(tmp_path):
+    cfgs = [CONFIGS[0], CONFIGS[2], CONFIGS[3]]
+    full = PackRun(cfgs, DATA)
+    part = PackRun(cfgs, DATA)
+    for run in (full, part):
+        run.run_episode()
+        run.stop([1])
+    torch.save(part.state_dict(), tmp_path / "pack.pt")
+    resumed = PackRun(cfgs, DATA)
+    resumed.load_state_dict(torch.load(tmp_path / "pack.pt", weights_only=False))
+    while full.active:
+        full.run_episode()
+        resumed.run_episode()
+    for a, b in zip(full.results, resumed.results, strict=True):
+        assert torch.equal(a.state["online"], b.state["online"]) and torch.equal(a.state["target"], b.state["target"])
+        assert strip(a.history) == strip(b.history)  # same seed, same result
+
+
+def test_configs_that_cannot_share_a_pack():
+    base = small()
+    assert pack_conflict(base, CONFIGS[4]) is None
+    assert pack_conflict(base, small(agent={"buffer_size": 500})) == \
+        "agent.buffer_size differs (300 vs 500): the replay capacity is per pack"
+    assert pack_conflict(base, small(agent={"hidden": [64]})) == \
+        "agent.hidden differs (depth 2 [32, 32] vs depth 1 [64]): members share the network's depth (widths may differ)"
+    assert pack_conflict(base, small(env={"fee_bps": 2.0})) == \
+        "env.fee_bps differs (1.0 vs 2.0): members share one vectorised environment"
+    assert pack_conflict(base, small(data={"window": 4})).startswith("data.window differs (8 vs 4): members share")
+    assert pack_problem(CONFIGS) is None
+    with pytest.raises(ConfigError, match=r"^pack: configuration 1 cannot join configuration 0: agent\.train_freq "
+                                          r"differs \(4 vs 2\): the pack updates all members at once$"):
+        PackRun([base, small(agent={"train_freq": 2})], DATA)
+    cfgs = [base, small(agent={"buffer_size": 500}), small(agent={"hidden": [8, 8]}), small(agent={"gamma": 0.5}),
+            small(agent={"buffer_size": 500, "hidden": [16, 16]})]
+    assert group_configs(cfgs) == [[0, 2, 3], [1, 4]]
+    assert group_configs(cfgs, max_configs=2) == [[2, 0], [3], [1, 4]]  # split by shape: narrow ones together
+
+
+def test_the_default_sweep_grid_is_one_pack():
+    sweep = parse_sweep_file("configs/sweep.yaml")
+    keys = list(sweep.grid)
+    cfgs = [trial_config(sweep.base, dict(zip(keys, p, strict=True)))
+            for p in itertools.product(*(sweep.grid[k] for k in keys))]
+    assert len(cfgs) == 27 and group_configs(cfgs) == [list(range(27))]
+    assert [len(p) for p in group_configs(cfgs, max_configs=8)] == [8, 8, 8, 3]
+
+
+def _random_steps(n, k, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        done = rng.random(k) < 0.15
+        term = done & (rng.random(k) < 0.5)
+        yield (np.full(k, 100 + i), rng.integers(-1, 2, k).astype(float), rng.integers(0, 3, k), rng.normal(0, 0.01, k),
+               term, done & ~term)
+
+
+def test_replay_members_sample_as_alone():
+    n, gamma, scale, sizes = [1, 3, 2], [0.9, 0.5, 0.7], [1.0, 100.0, 3.0], [8, 16, 4]
+    pv = [-1.0, 0.0, 1.0]
+    pack = ReplayBuffer(3, 40, [5, 6, 7], gamma=gamma, n_step=n, reward_scale=scale, pos_values=pv)
+    alone = [ReplayBuffer(1, 40, [5 + i], gamma=gamma[i], n_step=n[i], reward_scale=scale[i], pos_values=pv)
+             for i in range(3)]
+    assert pack.nbytes == 3 * (40 + 2) * BYTES_PER_TRANSITION and BYTES_PER_TRANSITION == 15
+    for step in _random_steps(100, 3, 0):  # 100 steps: the ring of 40 wraps
+        pack.add(*step)
+        for i, a in enumerate(alone):
+            a.add(*(x[i:i + 1] for x in step))
+        if pack.steps >= 3:
+            got = pack.sample(sizes)
+            assert got.t.shape == (3, 16)
+            for i, a in enumerate(alone):
+                want = a.sample(sizes[i])
+                for f, g, w in zip(got._fields, got, want, strict=True):
+                    assert np.array_equal(g[i, :sizes[i]], w[0]), (f, i)
+    pack.remove_members([1])
+    got = pack.sample([8, 4])
+    for j, i in enumerate((0, 2)):
+        assert np.array_equal(got.ret[j, :sizes[i]], alone[i].sample(sizes[i]).ret[0])
+
+
+def test_truncation_bootstraps_with_a_shorter_horizon():
+    buf = ReplayBuffer(1, 10, [0], gamma=0.5, n_step=3, pos_values=[0.0, 1.0])
+    z, f = np.zeros(1), np.zeros(1, bool)
+    for i, (r, trunc) in enumerate([(1.0, False), (2.0, True), (4.0, False)]):
+        buf.add(np.array([10 + i]), z, np.ones(1, int), np.array([r]), f, np.array([trunc]))
+    b = buf.sample(2000)
+    got = {int(t): (float(r), int(nt), float(d), float(p)) for t, r, nt, d, p in
+           zip(b.t[0], b.ret[0], b.next_t[0], b.discount[0], b.next_pos[0], strict=True)}
+    # the end of the data truncates: bootstrap from the next bar with gamma^h; step 12 waits for 2 more rewards
+    assert got == {10: (1 + 0.5 * 2, 12, 0.25, 1.0), 11: (2.0, 12, 0.5, 1.0)}
