@@ -28,7 +28,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -133,21 +132,6 @@ def child_memory(spec: dict[str, Any]) -> dict[str, Any]:
             "rss_before_mb": rss0, "replay_mb": replay / 2**20}
 
 
-def run_child(spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    from bench.throughput import idlest_core
-
-    core = idlest_core()
-    cmd = [sys.executable, "-m", "bench.pack_throughput", "--child", json.dumps(spec)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT,
-                          preexec_fn=lambda: os.sched_setaffinity(0, {core}))
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {spec} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["core"] = core
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", type=int, default=8, help="configurations per pack (M)")
@@ -169,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from bench.throughput import dqlray_version
+    from bench.throughput import dqlray_version, run_child
 
     print(f"dqlray {dqlray_version()}, torch {torch.__version__}, Python {platform.python_version()}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -179,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             order = ["separate", "pack"] if rep % 2 == 0 else ["pack", "separate"]
             spec = {"kind": "speed", "configs": args.configs, "seeds": args.seeds, "episodes": args.episodes,
                     "seed": args.seed, "same_shapes": same, "order": order, "device": args.device}
-            r = run_child(spec)
+            r = run_child(spec, [], 3600, module="bench.pack_throughput")
             runs.setdefault(name, []).append(r)
             print(f"  round {rep + 1} {name:<14} core {r['core']}: separate {r['separate']['cpu_s']:.1f} CPU-s, "
                   f"pack {r['pack']['cpu_s']:.1f} CPU-s", flush=True)
@@ -206,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     mem = []
     sizes = [int(x) for x in args.memory.split(",") if x]
     for n in [1, *sizes]:
-        r = run_child({"kind": "memory", "configs": n, "seeds": k, "seed": args.seed})
+        r = run_child({"kind": "memory", "configs": n, "seeds": k, "seed": args.seed}, [], 3600,
+                      module="bench.pack_throughput")
         mem.append(r)
     print(f"\nPeak RSS after {MEMORY_EPISODES} episodes (default space, buffer_size from {SWEEP_FILE.name}, "
           f"{k} seeds per configuration)")
