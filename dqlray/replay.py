@@ -17,8 +17,9 @@ episode has not ended) is never sampled.
 
 Sampling reproduces the earlier design, which formed n-step transitions when they were inserted, exactly: draws,
 indices and returns (summed in float64 in the same order) are the same, so results did not change. Memory is
-``K * (buffer_size + n_max - 1) * BYTES_PER_TRANSITION`` whatever the window: the ``n_max - 1`` extra slots hold
-the steps still waiting for their later rewards.
+``K * (buffer_size + 2 * (n_max - 1)) * BYTES_PER_TRANSITION`` whatever the window: ``n_max - 1`` extra slots
+hold the steps still waiting for their later rewards, and as many mirror the first slots so that a horizon never
+wraps around the ring.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Transitions(NamedTuple):
 
 def replay_nbytes(k: int, capacity: int, n_max: int) -> int:
     """Memory of a :class:`ReplayBuffer` of ``k`` members, ``capacity`` transitions each, longest n-step ``n_max``."""
-    return k * (capacity + n_max - 1) * BYTES_PER_TRANSITION
+    return k * (capacity + 2 * (n_max - 1)) * BYTES_PER_TRANSITION
 
 
 def _per_member(value: Any, k: int, name: str, dtype: type) -> np.ndarray:
@@ -86,11 +87,11 @@ class ReplayBuffer:
         if (self.n_step < 1).any():
             raise ValueError(f"n_step must be >= 1, got {self.n_step.tolist()}")
         self.n_max = int(self.n_step.max())
-        self.slots = capacity + self.n_max - 1  # physical slots: room for the steps still waiting for rewards
+        self.slots = capacity + self.n_max - 1  # the ring: room for the steps still waiting for rewards
         self.pos_values = np.asarray(pos_values, dtype=np.float64)
         self._next_pos = self.pos_values.astype(np.float32)
         # One record array: a batch is one gather of records, not one gather per field (bench/README.md).
-        self.data = np.zeros((k, self.slots), dtype=_RECORD)
+        self.data = np.zeros((k, self.slots + self.n_max - 1), dtype=_RECORD)  # + a mirror of the first slots
         self.arrays = {name: self.data[name] for name in _RECORD.names}  # writable views of each field
         self.steps = 0  # steps stored per member (every member stores one per env step)
         self.run = np.zeros(k, dtype=np.int64)  # steps since each member's last episode end
@@ -113,8 +114,9 @@ class ReplayBuffer:
         self._gpow = np.array([[gi**j for j in range(self.n_max + 1)] for gi in g])  # (K, n_max + 1)
         # 1-step discount by done code: gamma after a step that continues or is truncated, 0 after ruin.
         self._disc1 = np.array([[gi, 0.0, gi] for gi in g], dtype=np.float32)
-        self._n_col = self.n_step[:, None]
         self._scale_col = self.reward_scale[:, None]
+        self._arange_n = np.arange(self.n_max)
+        self._n_more = [(self.n_step > j)[:, None] for j in range(self.n_max)]  # (K, 1) each: j < n
 
     @property
     def nbytes(self) -> int:
@@ -137,7 +139,8 @@ class ReplayBuffer:
             truncated: np.ndarray) -> None:
         """Store one step of every member: each argument ``(K,)``; ``reward`` unscaled (the learning scale is each
         member's own, applied when sampled)."""
-        rec = self.data[:, self.steps % self.slots]  # a basic-indexed view: cheaper to write than a fancy-indexed one
+        at = self.steps % self.slots
+        rec = self.data[:, at]  # a basic-indexed view: cheaper to write than a fancy-indexed one
         rec["t"] = t
         rec["pos"] = pos
         rec["action"] = action
@@ -153,11 +156,13 @@ class ReplayBuffer:
             rec["done"] = NOT_DONE
             if self.n_max > 1:
                 self.run += 1
+        if at < self.n_max - 1:  # mirrored past the end of the ring (see _n_step)
+            self.data[:, self.slots + at] = rec
         self.steps += 1
 
     def _draws(self, batch_size: int | Sequence[int]) -> np.ndarray:
         """Uniform draws ``(K, B)`` for one batch; member k uses its first ``batch_size[k]`` columns."""
-        key = batch_size if isinstance(batch_size, int) else tuple(int(b) for b in batch_size)
+        key = batch_size if isinstance(batch_size, (int, tuple)) else tuple(int(b) for b in batch_size)
         if self._block_pos >= self._block.shape[1] or key != self._block_key:
             if isinstance(key, int):
                 self._block = np.stack([rng.random((SAMPLE_BLOCK, key)) for rng in self.rngs])
@@ -209,22 +214,24 @@ class ReplayBuffer:
 
     def _n_step(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """First records, last records, returns and discounts of the n-step transitions starting at slots ``p``."""
-        rows = self._rows[:, None, None]
-        window = self.data[rows, (p[:, :, None] + np.arange(self.n_max)) % self.slots]  # (K, B, n_max)
-        done = window["done"]
-        reward = window["reward"] * self._scale_col[:, :, None]
+        # The first n_max - 1 slots are mirrored past the end of the ring, so a horizon never wraps: no modulo.
+        window = self.data[self._rows[:, None, None], p[:, :, None] + self._arange_n]  # (K, B, n_max) records
+        cont = window["done"] == NOT_DONE
+        terms = window["reward"] * self._scale_col[:, :, None]
+        terms *= self._gpow[:, None, :self.n_max]
+        # sum_j gamma^j r_j in float64, term by term from 0.0 in the order the insertion-time design used; step j is
+        # inside the horizon if j < n and no step before it ended its episode.
         ret = np.zeros(p.shape)
-        alive = np.ones(p.shape, dtype=bool)  # step j is inside the horizon
-        h = np.zeros(p.shape, dtype=np.int64)  # steps inside the horizon
+        alive = np.ones(p.shape, dtype=bool)
+        h = np.zeros(p.shape, dtype=np.int64)
         for j in range(self.n_max):
             if j > 0:
-                alive &= (done[:, :, j - 1] == NOT_DONE) & (j < self._n_col)
-            # sum_j gamma^j r_j, term by term in float64 in the order the insertion-time design used
-            ret = np.where(alive, ret + self._gpow[:, j, None] * reward[:, :, j], ret)
+                alive &= cont[:, :, j - 1]
+                alive &= self._n_more[j]
+            ret += terms[:, :, j] * alive
             h += alive
-        last = np.take_along_axis(window, (h - 1)[:, :, None], axis=2)[:, :, 0]
-        disc = self._gpow[self._rows[:, None], h]
-        discount = np.where(last["done"] == TERMINATED, 0.0, disc).astype(np.float32)
+        last = self.data[self._rows[:, None], p + h - 1]
+        discount = np.where(last["done"] == TERMINATED, 0.0, self._gpow[self._rows[:, None], h]).astype(np.float32)
         return window[:, :, 0], last, ret.astype(np.float32), discount
 
     def state_dict(self, include_data: bool = True) -> dict:
@@ -233,7 +240,7 @@ class ReplayBuffer:
                                "rngs": [r.bit_generator.state for r in self.rngs],
                                "block": self._block[:, self._block_pos:].copy(), "block_key": self._block_key}
         if include_data:  # only the filled part: a young run's checkpoint does not carry an empty buffer
-            n = min(self.steps, self.slots)
+            n = min(self.steps, self.slots)  # the ring; its mirror is rebuilt on load
             out["arrays"] = {k: v[:, :n].copy() for k, v in self.arrays.items()}
         return out
 
@@ -250,6 +257,7 @@ class ReplayBuffer:
         if "arrays" in state:
             for k, v in state["arrays"].items():
                 self.arrays[k][:, : v.shape[1]] = v
+            self.data[:, self.slots:] = self.data[:, :self.n_max - 1]
             self.steps = int(state["steps"])
             self.run[...] = state["run"]
         else:

@@ -64,7 +64,7 @@ def build_market(config: ExperimentConfig, data: OHLCV) -> Market:
 
 
 def replay_bytes(config: ExperimentConfig) -> int:
-    """Memory of the replay buffer for ``config``: seeds x (capacity + n_step - 1) x bytes per transition."""
+    """Memory of the replay buffer for ``config`` (:func:`dqlray.replay.replay_nbytes`)."""
     return replay_nbytes(config.train.num_seeds, config.agent.buffer_size, config.agent.n_step)
 
 

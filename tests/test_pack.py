@@ -166,7 +166,7 @@ def test_replay_members_sample_as_alone():
     pack = ReplayBuffer(3, 40, [5, 6, 7], gamma=gamma, n_step=n, reward_scale=scale, pos_values=pv)
     alone = [ReplayBuffer(1, 40, [5 + i], gamma=gamma[i], n_step=n[i], reward_scale=scale[i], pos_values=pv)
              for i in range(3)]
-    assert pack.nbytes == 3 * (40 + 2) * BYTES_PER_TRANSITION and BYTES_PER_TRANSITION == 16
+    assert pack.nbytes == 3 * (40 + 2 + 2) * BYTES_PER_TRANSITION and BYTES_PER_TRANSITION == 16
     for step in _random_steps(100, 3, 0):  # 100 steps: the ring of 40 wraps
         pack.add(*step)
         for i, a in enumerate(alone):
