@@ -178,6 +178,12 @@ def test_replay_members_sample_as_alone():
                 want = a.sample(sizes[i])
                 for f, g, w in zip(got._fields, got, want, strict=True):
                     assert np.array_equal(g[i, :sizes[i]], w[0]), (f, i)
+    clone = ReplayBuffer(3, 40, [0, 0, 0], gamma=gamma, n_step=n, reward_scale=scale, pos_values=pv)
+    clone.load_state_dict(pack.state_dict())  # a checkpoint continues exactly
+    for a, b in zip(clone.sample(sizes), pack.sample(sizes), strict=True):
+        assert np.array_equal(a, b)
+    for i, a in enumerate(alone):  # keep the buffers alone in step with the pack's extra batch
+        a.sample(sizes[i])
     pack.remove_members([1])
     got = pack.sample([8, 4])
     for j, i in enumerate((0, 2)):
