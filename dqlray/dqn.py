@@ -102,7 +102,7 @@ class DQNLearner:
         """Per-member values and work buffers for members ``cfgs`` (at construction and after members leave)."""
         device = self.device
         self.cfgs = cfgs
-        self.cfg = cfgs[0]
+        self.cfg = cfgs[0]  # the first member's (every member's, outside a pack)
         self.k = len(cfgs)
         self.net = net
         self.target_flat = target
@@ -244,7 +244,7 @@ class DQNLearner:
         self.net.backward(cache, self._dq.zero_().scatter_(-1, actions, dq_a.unsqueeze(-1)), self._grad_views)
         if self._clip is not None:
             # Clip each member's own gradient norm (clipping all parameters together would couple the members).
-            # reciprocal() * norm is how torch evaluates "max_norm / tensor", so one member equals one alone.
+            # reciprocal() * max_norm is how torch evaluates "max_norm / tensor": a member computes what it would alone.
             norm = torch.linalg.vector_norm(self.grad, dim=1, keepdim=True)
             self.grad.mul_((norm + 1e-6).reciprocal_().mul_(self._clip).clamp_(max=1.0))
         self._adam_step()
@@ -366,9 +366,7 @@ class DQNLearner:
         (and each layer's width, if the widest members left) shrink, so the pack's compute shrinks with them.
         """
         gone = sorted({int(r) for r in rows})
-        if not gone:
-            return self.member_state([])
-        if gone[0] < 0 or gone[-1] >= self.k:
+        if not gone or gone[0] < 0 or gone[-1] >= self.k:
             raise ValueError(f"members {gone} out of range for {self.k} members")
         state = self.member_state(gone)
         keep = [r for r in range(self.k) if r not in set(gone)]
