@@ -68,6 +68,19 @@ def test_member_of_a_pack_equals_its_run_alone(packed, ci):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6, nan_ok=True)
 
 
+def test_pack_equals_alone_with_ruin_and_short_positions():
+    env = {"episode_length": 100, "ruin_fraction": 0.995, "positions": "long_short"}  # ruin ends most episodes
+    cfgs = [small(env=env, agent={"batch_size": 16, "gamma": 0.7}),
+            small(env=env, agent={"n_step": 3, "gamma": 0.9, "hidden": [8, 16]}),
+            small(env=env, agent={"n_step": 2, "gamma": 0.5, "loss": "mse"})]
+    packed = train_pack(cfgs, DATA)
+    for cfg, got in zip(cfgs, packed, strict=True):
+        alone = train(cfg, DATA, progress=False)
+        assert alone.final["episodes_completed"] > 10
+        assert torch.allclose(got.state["online"], alone.learner.net.flat, rtol=1e-4, atol=1e-6)
+        assert got.history[-1]["episodes_completed"] == alone.final["episodes_completed"]
+
+
 def test_member_state_loads_into_a_learner_of_its_own(packed):
     cfg = CONFIGS[2]
     run = PackRun(CONFIGS[:3], DATA)
