@@ -81,7 +81,7 @@ def test_pack_equals_alone_with_ruin_and_short_positions():
         assert got.history[-1]["episodes_completed"] == alone.final["episodes_completed"]
 
 
-def test_member_state_loads_into_a_learner_of_its_own(packed):
+def test_member_state_loads_into_a_learner_of_its_own():
     cfg = CONFIGS[2]
     run = PackRun(CONFIGS[:3], DATA)
     run.run_episode()
