@@ -10,7 +10,10 @@ compute, without Tune's own overhead), once as one :class:`dqlray.pack.PackRun`.
 - ``same shapes``: configurations drawn from configs/sweep.yaml's search space with the shape-setting values (hidden
   widths, batch size, agent type) held at their defaults, so no member is padded;
 - ``default space``: drawn from the whole search space, so the pack pads widths to 128 units, batches to 128
-  samples, and carries a dueling branch for its plain members.
+  samples, and carries a dueling branch for its plain members;
+- ``by shape``: three times as many configurations from the whole space, grouped by
+  :func:`dqlray.pack.group_configs` into packs of ``--configs`` (ordered by widths and batch size before the split,
+  so each pack pads little), the packs trained one after another.
 
 Budget: ``--episodes`` episodes of 250 steps (the sweep's episode length), validation at the end only, on
 data/test_small.csv with the sweep file's base settings. Throughput is agent-steps (env steps x members) per second
@@ -36,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "configs" / "sweep.yaml"
 SHAPE_KEYS = ("agent.hidden", "agent.batch_size", "agent.agent_type")
+SCENARIOS = ("same shapes", "default space", "by shape")
 MEMORY_EPISODES = 4  # 1,000 env steps: learning starts at 500
 
 
@@ -81,15 +85,18 @@ def child_speed(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from dqlray.data import load_ohlcv
-    from dqlray.pack import train_pack
+    from dqlray.pack import group_configs, train_pack
     from dqlray.trainer import train
 
     torch.set_num_threads(1)
-    cfgs = sample_configs(spec["configs"], spec["seed"], spec["seeds"], spec["episodes"], spec["same_shapes"])
+    n = spec["configs"] * (3 if spec["scenario"] == "by shape" else 1)
+    cfgs = sample_configs(n, spec["seed"], spec["seeds"], spec["episodes"], spec["scenario"] == "same shapes")
     cfgs = [c.replace({"train": {"device": spec["device"]}}) for c in cfgs]
+    packs = group_configs(cfgs, spec["configs"])
     data = load_ohlcv(cfgs[0].data.data_file)
     steps = sum(c.train.episodes * 250 * c.train.num_seeds for c in cfgs)
-    out: dict[str, Any] = {"agent_steps": steps, "rows": sum(c.train.num_seeds for c in cfgs),
+    out: dict[str, Any] = {"agent_steps": steps, "rows": [sum(cfgs[i].train.num_seeds for i in p) for p in packs],
+                           "pack_hidden": [sorted({tuple(cfgs[i].agent.hidden) for i in p}) for p in packs],
                            "hidden": sorted({tuple(c.agent.hidden) for c in cfgs}),
                            "batch": sorted({c.agent.batch_size for c in cfgs}),
                            "types": sorted({c.agent.agent_type for c in cfgs}),
@@ -100,7 +107,10 @@ def child_speed(spec: dict[str, Any]) -> dict[str, Any]:
         if how == "separate":
             finals[how] = [train(c, data, progress=False).final["val_sharpe"] for c in cfgs]
         else:
-            finals[how] = [r.history[-1]["val_sharpe"] for r in train_pack(cfgs, data)]
+            finals[how] = [0.0] * len(cfgs)
+            for p in packs:
+                for i, r in zip(p, train_pack([cfgs[i] for i in p], data), strict=True):
+                    finals[how][i] = r.history[-1]["val_sharpe"]
         out[how] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
     out["max_val_sharpe_diff"] = max(abs(a - b) for a, b in zip(finals["separate"], finals["pack"], strict=True))
     return out
@@ -159,18 +169,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {}
     for rep in range(args.repeats):
-        for name, same in (("same shapes", True), ("default space", False)):
+        for name in SCENARIOS:
             order = ["separate", "pack"] if rep % 2 == 0 else ["pack", "separate"]
             spec = {"kind": "speed", "configs": args.configs, "seeds": args.seeds, "episodes": args.episodes,
-                    "seed": args.seed, "same_shapes": same, "order": order, "device": args.device}
+                    "seed": args.seed, "scenario": name, "order": order, "device": args.device}
             r = run_child(spec, [], 3600, module="bench.pack_throughput")
             runs.setdefault(name, []).append(r)
             print(f"  round {rep + 1} {name:<14} core {r['core']}: separate {r['separate']['cpu_s']:.1f} CPU-s, "
                   f"pack {r['pack']['cpu_s']:.1f} CPU-s", flush=True)
     m, k = args.configs, args.seeds
-    print(f"\nPack of {m} configurations x {k} seeds against {m} separate K={k} runs, "
+    print(f"\nPacks of {m} configurations x {k} seeds against separate K={k} runs, "
           f"{args.episodes * 250:,} env steps per member, one core, device {args.device} (median of {args.repeats})")
-    head = f"{'configurations':<16}{'how':<22}{'wall s':>8}{'CPU s':>8}{'agent-steps/s':>15}{'per CPU-s':>11}{'x':>6}"
+    head = f"{'configurations':<16}{'how':<26}{'wall s':>8}{'CPU s':>8}{'agent-steps/s':>15}{'per CPU-s':>11}{'x':>6}"
     print(head)
     print("-" * len(head))
     summary: dict[str, Any] = {}
@@ -178,11 +188,16 @@ def main(argv: list[str] | None = None) -> None:
         med = {how: {key: statistics.median(r[how][key] for r in rs) for key in ("wall_s", "cpu_s")}
                for how in ("separate", "pack")}
         steps = rs[0]["agent_steps"]
-        for how, label in (("separate", f"{m} runs one by one"), ("pack", f"one pack ({rs[0]['rows']} rows)")):
+        rows = rs[0]["rows"]
+        packs = f"one pack ({rows[0]} rows)" if len(rows) == 1 else f"{len(rows)} packs ({'+'.join(map(str, rows))} rows)"
+        for how, label in (("separate", f"{sum(rows) // k} runs one by one"), ("pack", packs)):
             x = med["separate"]["cpu_s"] / med[how]["cpu_s"]
-            print(f"{name:<16}{label:<22}{med[how]['wall_s']:>8.1f}{med[how]['cpu_s']:>8.1f}"
+            print(f"{name:<16}{label:<26}{med[how]['wall_s']:>8.1f}{med[how]['cpu_s']:>8.1f}"
                   f"{steps / med[how]['wall_s']:>15,.0f}{steps / med[how]['cpu_s']:>11,.0f}{x:>6.1f}")
         r0 = rs[0]
+        if len(rows) > 1:
+            print(f"{'':<16}(widths per pack: " + "; ".join(", ".join(str(h[0]) for h in ph)
+                                                         for ph in r0["pack_hidden"]) + ")")
         print(f"{'':<16}(hidden {', '.join(str(list(h)) for h in r0['hidden'])}; batch {r0['batch']}; "
               f"{', '.join(r0['types'])}; n-step {r0['n_step']}; largest |val Sharpe pack - separate| "
               f"{max(r['max_val_sharpe_diff'] for r in rs):.1e})")
