@@ -332,6 +332,8 @@ class DQNLearner:
                                   "was made with another agent")
         for dst, key in ((self.net.flat, "online"), (self.target_flat, "target"), (self.exp_avg, "exp_avg"),
                          (self.exp_avg_sq, "exp_avg_sq")):
+            if state[key].shape == (dst.shape[0], self.net.unaligned_size) != tuple(dst.shape):
+                state = dict(state, **{key: self.net.from_unaligned(state[key])})  # a checkpoint made before issue 14
             if tuple(state[key].shape) != tuple(dst.shape):
                 raise DqlrayError(f"checkpoint {key} has shape {tuple(state[key].shape)}, this network "
                                  f"{tuple(dst.shape)}: the checkpoint was made with another agent or window")

@@ -4,7 +4,8 @@ On a CPU the update of a small MLP is almost all per-operation overhead (``share
 
 - every layer is one ``torch.baddbmm`` over K stacked weight matrices (K networks cost little more than one);
 - all parameters of seed k are row k of one flat tensor: per-seed gradient norms, the optimiser step and the target
-  sync are each a few operations on that tensor, however many layers there are;
+  sync are each a few operations on that tensor, however many layers there are (each block starts on a 64-byte
+  boundary; the few floats between blocks are zero and stay zero);
 - the backward pass is written out by hand (a two-hidden-layer MLP has a short, well-known gradient), which skips
   autograd's bookkeeping; ``tests/test_training.py`` checks it against autograd.
 
@@ -20,6 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+ALIGN = 16  # floats: 64 bytes
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 class ForwardCache(NamedTuple):
@@ -75,8 +82,17 @@ class BatchedMLP:
         self.slots = [f"h{i}" for i in range(len(hid))] + (["v", "a"] if self.dueling else ["a"])
         self.shapes = [(dims[i], dims[i + 1]) for i in range(len(hid))]
         self.shapes += [(hid[-1], 1), (hid[-1], n_actions)] if self.dueling else [(hid[-1], n_actions)]
-        sizes = [a * b + b for a, b in self.shapes]
-        self.n_params = sum(sizes)
+        # Every weight and bias block starts on a 64-byte boundary, and so does every member's row: MKL's thin
+        # products (the value head's one column) round differently with the output's alignment, so a member must see
+        # the same alignment in any row of any pack as alone, for it to compute the same bits (issue 14).
+        self.offsets: list[tuple[int, int]] = []
+        off = 0
+        for fan_in, fan_out in self.shapes:
+            w_off = off
+            off = _aligned(off + fan_in * fan_out)
+            self.offsets.append((w_off, off))
+            off = _aligned(off + fan_out)
+        self.n_params = off
         mixed = self.dueling and not self.member_dueling.all()
         # A plain member inside a dueling pack: 0 for it, 1 for dueling members (None when all are alike).
         self.dueling_mask = (torch.from_numpy(self.member_dueling.astype(np.float32)).view(self.k, 1, 1).to(device)
@@ -100,6 +116,23 @@ class BatchedMLP:
                     bs[j][m, 0, :fan_out] = (torch.rand(fan_out, generator=g) * 2 - 1) * bound
         self.flat = self.flat.to(device)
         self.weights, self.biases = self.views(self.flat)
+
+    def from_unaligned(self, flat: torch.Tensor) -> torch.Tensor:
+        """Parameters stored in the earlier layout (blocks back to back, no alignment) in this network's layout."""
+        out = torch.zeros(flat.shape[0], self.n_params, dtype=flat.dtype)
+        ws, bs = self.views(out)
+        off = 0
+        for (fan_in, fan_out), w, b in zip(self.shapes, ws, bs, strict=True):
+            w.copy_(flat[:, off:off + fan_in * fan_out].view(-1, fan_in, fan_out))
+            off += fan_in * fan_out
+            b.copy_(flat[:, off:off + fan_out].view(-1, 1, fan_out))
+            off += fan_out
+        return out
+
+    @property
+    def unaligned_size(self) -> int:
+        """Parameters per member in the earlier, unaligned layout."""
+        return sum(a * b + b for a, b in self.shapes)
 
     def subset(self, rows: Sequence[int], device: torch.device | str | None = None) -> BatchedMLP:
         """An empty network for members ``rows`` of this one, each layer as wide as its widest remaining member."""
@@ -130,13 +163,10 @@ class BatchedMLP:
     def views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Weight ``(K, d_in, d_out)`` and bias ``(K, 1, d_out)`` views into a ``(K, P)`` tensor."""
         ws, bs = [], []
-        off = 0
         k = flat.shape[0]
-        for fan_in, fan_out in self.shapes:
-            ws.append(flat[:, off:off + fan_in * fan_out].view(k, fan_in, fan_out))
-            off += fan_in * fan_out
-            bs.append(flat[:, off:off + fan_out].view(k, 1, fan_out))
-            off += fan_out
+        for (fan_in, fan_out), (w_off, b_off) in zip(self.shapes, self.offsets, strict=True):
+            ws.append(flat[:, w_off:w_off + fan_in * fan_out].view(k, fan_in, fan_out))
+            bs.append(flat[:, b_off:b_off + fan_out].view(k, 1, fan_out))
         return ws, bs
 
     def forward(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None,
