@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The guide's comparison report: python generate_comparison_report.py DIR... [--out FILE]."""
+"""The guide's comparison report: python generate_comparison_report.py --results_dir DIR (or DIR...) [--out FILE]."""
 
 import sys
 

@@ -61,24 +61,16 @@ def profile(k: int, steps: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from bench.throughput import bench_config
-    from dqlray.dqn import DQNLearner
-    from dqlray.replay import ReplayBuffer
+    from dqlray.parts import build_parts
     from dqlray.trainer import _epsilon
-    from dqlray.vec_env import VecTradingEnv
 
     cfg, _, market, total_steps = bench_config(k, 0, steps, args)
     torch.set_num_threads(cfg.train.torch_threads)
-    ac, ec = cfg.agent, cfg.env
-    seeds = cfg.train.seeds
-    streams = [np.random.SeedSequence(s).spawn(3) for s in seeds]
-    venv = VecTradingEnv(market, k, part="train", positions=ec.positions, fee_bps=ec.fee_bps,
-                         slippage_bps=ec.slippage_bps, episode_length=ec.episode_length,
-                         random_start=ec.random_start, ruin_fraction=ec.ruin_fraction, seeds=[s[0] for s in streams])
-    learner = DQNLearner(ac, market, venv.n_actions, seeds, [s[2] for s in streams], torch.device("cpu"))
+    ac = cfg.agent
+    parts = build_parts(cfg, market)
+    venv, learner, buffer = parts.env, parts.learner, parts.buffer
     timed = _TimedMarket(market)
     learner.market = timed
-    buffer = ReplayBuffer(k, ac.buffer_size, [s[1] for s in streams], gamma=ac.gamma, n_step=ac.n_step,
-                          reward_scale=ac.reward_scale, pos_values=venv.pos_values)
     ns = dict.fromkeys(SECTIONS, 0)
     pc = time.perf_counter_ns
     obs = venv.reset()

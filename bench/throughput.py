@@ -42,7 +42,8 @@ def bench_config(k: int, seed: int, steps: int, args: argparse.Namespace):
     """The dqlray config of one run, and its per-seed env-step budget (whole episodes of the training part)."""
     from dqlray.config import load_config
     from dqlray.data import load_ohlcv
-    from dqlray.trainer import build_market, steps_per_episode
+    from dqlray.parts import build_market
+    from dqlray.trainer import steps_per_episode
 
     base = load_config(args.config, overrides={"data": {"data_file": args.data}})
     agent = {"hidden": [64, 64], "batch_size": 64, "train_freq": 4, "gradient_steps": 1, "agent_type": "dqn",
@@ -150,8 +151,7 @@ def child_sb3(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     rb = model.replay_buffer
     rb_bytes = sum(getattr(rb, n).nbytes for n in ("observations", "next_observations", "actions", "rewards",
                                                   "dones", "timeouts") if getattr(rb, n, None) is not None)
-    res = evaluate_policy(SB3Greedy(model), market, part="test", n_envs=1, positions=ec.positions,
-                          fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps, name="sb3",
+    res = evaluate_policy(SB3Greedy(model), market, part="test", env=ec, n_envs=1, name="sb3",
                           periods=cfg.train.periods_per_year)
     rss, _ = _rusage()
     return {

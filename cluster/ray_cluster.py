@@ -1,8 +1,9 @@
 """Python side of the SLURM scripts in cluster/: the steps that are awkward or fragile in shell.
 
-Standard library plus Ray only (no dqlray import), so it runs wherever the job's Python
-environment has Ray. Every subcommand prints its errors with the SLURM node name; the exit
-code says what happened (0 ok, 1 failure, 2 usage, 3 a Ray step died, 4 timeout).
+Standard library, Ray, and two light modules of this repository (dqlray.procs, dqlray.tuning.local_ray,
+imported from the checkout, so the package need not be installed). Every subcommand prints its errors
+with the SLURM node name; the exit code says what happened (0 ok, 1 failure, 2 usage, 3 a Ray step
+died, 4 timeout).
 
     python cluster/ray_cluster.py ports --first PORT --size N --slots K --start-slot S
     python cluster/ray_cluster.py token FILE
@@ -16,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
-TAG_VAR = "DQLRAY_RAY_TAG"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for dqlray.procs
+from dqlray.procs import process_alive, stop_processes, tagged_processes  # noqa: E402
+from dqlray.tuning.local_ray import TAG_VAR, write_token  # noqa: E402
+
 EXIT_STEP_DIED = 3
 EXIT_TIMEOUT = 4
 
@@ -72,27 +74,13 @@ def cmd_ports(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- token
 def cmd_token(args: argparse.Namespace) -> int:
     """Write a fresh Ray auth token (Ray's own format: 64 hex digits) to a new 0600 file."""
-    path = Path(args.file)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)  # a stale file of an earlier job with this id; never reuse a token
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
+    write_token(args.file)
     return 0
 
 
 # ---------------------------------------------------------------- wait
 def _step_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # an exited but not yet reaped srun is a zombie
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return process_alive(pid)  # an exited but not yet reaped srun is a zombie: not alive
 
 
 def _dead_steps(watch: dict[str, int]) -> list[str]:
@@ -181,64 +169,11 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- procs / kill
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _mentions(cmdline: bytes, path: bytes) -> bool:
-    """True if the NUL-separated command line names ``path`` or something below it."""
-    if not path:
-        return False
-    cmdline += b"\0"
-    return path + b"/" in cmdline or path + b"\0" in cmdline
-
-
 def job_processes(tag: str, path: str) -> dict[int, str]:
     """This job's Ray processes on this node: those started with ``DQLRAY_RAY_TAG=tag`` in their
     environment or with the job's temp dir in their command line, and all their descendants
     (Ray's dashboard workers rewrite their process title over the environment)."""
-    me = os.getpid()
-    ancestors, p = set(), me
-    while p > 1:
-        ancestors.add(p)
-        stat = _read(f"/proc/{p}/stat").decode(errors="replace")
-        try:
-            p = int(stat.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            break
-    tag_entry = f"{TAG_VAR}={tag}".encode()
-    path_b = path.rstrip("/").encode()
-    cmdlines, parents, roots = {}, {}, set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        if pid in ancestors:
-            continue
-        cmd = _read(f"/proc/{pid}/cmdline")
-        stat = _read(f"/proc/{pid}/stat").decode(errors="replace")
-        if not stat:
-            continue
-        try:
-            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (IndexError, ValueError):
-            continue
-        cmdlines[pid] = cmd.replace(b"\0", b" ").decode(errors="replace").strip()
-        if tag_entry in _read(f"/proc/{pid}/environ").split(b"\0") or _mentions(cmd, path_b):
-            roots.add(pid)
-    found = set(roots)
-    changed = True
-    while changed:  # add descendants
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in found and pid not in found and pid not in ancestors:
-                found.add(pid)
-                changed = True
-    return {pid: cmdlines.get(pid, "") for pid in sorted(found)}
+    return tagged_processes(TAG_VAR, tag, path=path)
 
 
 def cmd_procs(args: argparse.Namespace) -> int:
@@ -251,21 +186,7 @@ def cmd_procs(args: argparse.Namespace) -> int:
 def cmd_kill(args: argparse.Namespace) -> int:
     """SIGTERM this job's Ray processes on this node, SIGKILL what is left after the grace
     period, and verify that none is left. Never touches another job's Ray (no `ray stop`)."""
-    procs = job_processes(args.tag, args.path)
-    for sig, wait in ((signal.SIGTERM, args.grace), (signal.SIGKILL, 5.0)):
-        for pid in procs:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            procs = job_processes(args.tag, args.path)
-            if not procs:
-                break
-            time.sleep(0.2)
-        if not procs:
-            break
+    procs = stop_processes(lambda: job_processes(args.tag, args.path), grace=args.grace)
     if procs:
         return _fail(f"{len(procs)} Ray processes of {args.tag} are still running: {sorted(procs)}")
     _say(f"no Ray process of {args.tag} left on this node")

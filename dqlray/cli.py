@@ -42,11 +42,19 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
 }
 
 
+class UsageError(ConfigError):
+    """A misused command line, reported under the name of the (sub)command, as argparse itself would."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so every usage error becomes one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}")
+        raise UsageError(self.prog, message)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
@@ -104,55 +112,45 @@ class _StopFlag:
         self.signal = signum
 
 
-def _make_notifier(args: argparse.Namespace, experiment: str) -> Any:
-    try:
-        from dqlray.notify import RunNotifier, load_notify_config
-    except ImportError:  # pragma: no cover - notifications not installed
-        return None
-    cfg = load_notify_config(token=args.telegram_token, chat_id=args.telegram_chat_id)
-    return RunNotifier(cfg, experiment=experiment) if cfg is not None else None
-
-
 def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
     """Train one experiment, evaluate it once on the test split, save everything (and a report)."""
+    from dqlray.notify import RunNotifier, get_notifier
+    from dqlray.runinfo import check_folder
     from dqlray.workflow import run_experiment
 
     config = config_from_args(args)
+    check_folder(config.train.results_dir, "--results_dir")
     stop = _StopFlag()
     stop.install()
-    notifier = _make_notifier(args, config.train.experiment_name)
+    notifier = RunNotifier(get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id),
+                           config.train.experiment_name)
     try:
         outcome = run_experiment(config, resume=args.resume, notifier=notifier,
                                  progress=False if args.no_progress else None, should_stop=stop)
         if outcome.evaluation is None:
-            if notifier is not None:
-                notifier.time_limit()
+            notifier.time_limit()
             return EXIT_RESUMABLE
         image = None
         if report:
             image = _build_report(outcome.run_dir)
-        if notifier is not None:
-            ev = outcome.evaluation
-            notifier.finished(final_reward=outcome.result.final.get("episode_return", float("nan")),
-                              test_metrics={k: v["mean"] for k, v in ev["agent"]["summary"].items()},
-                              baseline_metrics=ev["baselines"]["buy_and_hold"], model_path=ev.get("model_path"),
-                              image_path=image)
+        ev = outcome.evaluation
+        notifier.finished(final_reward=outcome.result.final.get("episode_return", float("nan")),
+                          test_metrics={k: v["mean"] for k, v in ev["agent"]["summary"].items()},
+                          baselines={"buy&hold": ev["baselines"]["buy_and_hold"]}, model_path=ev.get("model_path"),
+                          image_path=image)
         return 0
     except BaseException as e:
-        if notifier is not None and not isinstance(e, DqlrayError):
+        if not isinstance(e, DqlrayError):
             notifier.error(e)
         raise
     finally:
-        if notifier is not None:
-            notifier.close(deadline_s=10)
+        notifier.close(deadline_s=10)
 
 
 def _build_report(run_dir: Any) -> str | None:
-    """Write the run's HTML report when the reporting module is available; return the equity PNG path."""
-    try:
-        from dqlray.report import build_run_report
-    except ImportError:
-        return None
+    """Write the run's HTML report; return the equity PNG path (None when the report could not be built)."""
+    from dqlray.report import build_run_report
+
     try:
         out = build_run_report(run_dir)
     except Exception as e:  # noqa: BLE001 - the run is saved; `dqlray report DIR` can retry
@@ -187,8 +185,30 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from dqlray.data import data_hash, load_ohlcv
 
     d = load_ohlcv(args.file)
-    print(f"{args.file}: OK, {len(d)} bars from {pd.Timestamp(d.time[0])} to {pd.Timestamp(d.time[-1])}, "
+    print(f"{d.source}: OK, {len(d)} bars from {pd.Timestamp(d.time[0])} to {pd.Timestamp(d.time[-1])}, "
           f"hash {data_hash(d)}{', adjusted close' if d.adj_close is not None else ''}")
+    return 0
+
+
+def cmd_data_sp500(args: argparse.Namespace) -> int:
+    """Write the real S&P 500 daily bars bundled with ``arch`` (1999-2018)."""
+    from dqlray.data import output_file, save_ohlcv, sp500
+
+    out = output_file(args.out)
+    data = sp500()
+    save_ohlcv(data, out)
+    print(f"wrote {args.out}: {len(data)} S&P 500 daily bars, 1999-01-04 to 2018-12-31 (from arch.data.sp500)")
+    return 0
+
+
+def cmd_data_shuffle(args: argparse.Namespace) -> int:
+    """Write a null market: the file's days in a random order (no serial dependence left)."""
+    from dqlray.data import load_ohlcv, output_file, save_ohlcv, shuffle_days
+
+    out = output_file(args.out, not_input=args.file)
+    data = shuffle_days(load_ohlcv(args.file), seed=args.seed)
+    save_ohlcv(data, out)
+    print(f"wrote {args.out}: {len(data)} bars of {args.file} with the days shuffled, seed {args.seed}")
     return 0
 
 
@@ -197,7 +217,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from dqlray.baselines import make_baselines
     from dqlray.data import load_ohlcv
     from dqlray.evaluation import evaluate_policy
-    from dqlray.trainer import build_market
+    from dqlray.parts import build_market
     from dqlray.workflow import HEADLINE, _fmt
 
     config = config_from_args(args)
@@ -209,8 +229,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
-        m = evaluate_policy(pol, market, part=args.part, positions=ec.positions, fee_bps=ec.fee_bps,
-                            slippage_bps=ec.slippage_bps, name=name, periods=config.train.periods_per_year).metrics[0]
+        m = evaluate_policy(pol, market, part=args.part, env=ec, name=name,
+                            periods=config.train.periods_per_year).metrics[0]
         print(f"{name:<16}" + "".join(f"{_fmt(m[k], k):>14}" for k in HEADLINE))
     return 0
 
@@ -244,19 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp = dsub.add_parser("check", help="validate a price file")
     sp.add_argument("file")
     sp.set_defaults(func=cmd_data_check)
+    sp = dsub.add_parser("sp500", help="write real S&P 500 daily bars, 1999-2018 (bundled with arch, offline)")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_data_sp500)
+    sp = dsub.add_parser("shuffle", help="write a null market: a file's days in a random order (issue 11)")
+    sp.add_argument("file")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_data_shuffle)
     _add_optional_parsers(sub)
     return p
 
 
 def _add_optional_parsers(sub: Any) -> None:
     """Subcommands that live in their own modules (sweeps, reports, notifications)."""
-    for module, fn in (("dqlray.tuning.cli", "add_consolidate_parser"), ("dqlray.report.cli", "add_report_parsers"),
-                       ("dqlray.notify.cli", "add_notify_parser")):
-        try:
-            mod = __import__(module, fromlist=[fn])
-        except ImportError:
-            continue
-        getattr(mod, fn)(sub)
+    from dqlray.notify.cli import add_notify_parser
+    from dqlray.report.cli import add_report_parsers
+    from dqlray.tuning.cli import add_consolidate_parser
+
+    for add in (add_consolidate_parser, add_report_parsers, add_notify_parser):
+        add(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,12 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Run a command body: user mistakes print one line naming ``prog`` and exit 2; Ctrl-C exits 130."""
+    """Run a command body: user mistakes print one line naming ``prog`` and exit 2; Ctrl-C exits 130.
+
+    The line carries one prefix: ``prog: error: message``, or for a misused flag the subcommand's name as argparse
+    gives it (``dqlray train: error: argument --episodes: ...``).
+    """
     try:
         return body()
     except (DqlrayError, FileNotFoundError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{e.prog if isinstance(e, UsageError) else prog}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_USAGE)  # 74 when a write failed (disk full, read-only)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

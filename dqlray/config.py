@@ -8,6 +8,7 @@ the field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,19 @@ def _check(cond: bool, section: str, name: str, value: object, allowed: str) -> 
         raise ConfigError(f"{section}.{name}={value!r} is not allowed: {allowed}")
 
 
+def check_finite(obj: Any, section: str) -> None:
+    """Refuse NaN and infinity in any float field of a config dataclass (issue 13 item 7).
+
+    Range checks alone let them through (``inf > 0`` holds; every comparison with NaN is false, so NaN passes a
+    check written as a rejection), and a run with ``learning_rate=inf`` trains on NaN losses. ``1e400`` is read as
+    infinity by Python and YAML alike, so it is refused here too.
+    """
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{section}.{f.name}={v!r} is not allowed: a finite number")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Which prices, and how they are split and windowed."""
@@ -40,6 +54,7 @@ class DataConfig:
     """Bars of features in one observation (each feature already summarises up to 50 bars)."""
 
     def __post_init__(self) -> None:
+        check_finite(self, "data")
         _check(self.window >= 1, "data", "window", self.window, "an integer >= 1")
         if isinstance(self.train, float) and isinstance(self.val, float):
             _check(0 < self.train < 1, "data", "train", self.train, "a fraction in (0, 1) or an ISO date")
@@ -65,10 +80,18 @@ class EnvConfig:
     """A training episode terminates when the value falls to this fraction of its start."""
 
     def __post_init__(self) -> None:
+        check_finite(self, "env")
         _check(self.positions in ("long_flat", "long_short"), "env", "positions", self.positions,
                "long_flat or long_short")
         _check(self.fee_bps >= 0, "env", "fee_bps", self.fee_bps, "a number >= 0")
         _check(self.slippage_bps >= 0, "env", "slippage_bps", self.slippage_bps, "a number >= 0")
+        # A trade costs (fee + slippage) times the traded notional, which is up to 2x the portfolio when going from
+        # short to long: at 100% of the portfolio or more, env.apply_positions floors the value at 1e-12 and every
+        # reward after it is meaningless, so such costs are refused rather than trained on.
+        most = 10_000 / (2 if self.positions == "long_short" else 1)
+        _check(self.fee_bps + self.slippage_bps < most, "env", "fee_bps", self.fee_bps,
+               f"fee_bps + slippage_bps < {most:g} with positions={self.positions} (a trade would cost the whole "
+               f"portfolio; slippage_bps is {self.slippage_bps:g})")
         _check(self.episode_length is None or self.episode_length >= 1, "env", "episode_length",
                self.episode_length, "null or an integer >= 1")
         _check(0 <= self.ruin_fraction < 1, "env", "ruin_fraction", self.ruin_fraction, "a fraction in [0, 1)")
@@ -122,6 +145,7 @@ class AgentConfig:
     training sets (issue 12)."""
 
     def __post_init__(self) -> None:
+        check_finite(self, "agent")
         _check(self.agent_type in AGENT_ALIASES, "agent", "agent_type", self.agent_type,
                "one of " + ", ".join(AGENT_ALIASES))
         object.__setattr__(self, "agent_type", AGENT_ALIASES[self.agent_type])
@@ -193,6 +217,7 @@ class TrainConfig:
     """Bars per year for annualised metrics."""
 
     def __post_init__(self) -> None:
+        check_finite(self, "train")
         for name in ("episodes", "num_seeds", "eval_every", "checkpoint_every", "keep_checkpoints", "torch_threads",
                      "periods_per_year"):
             v = getattr(self, name)
@@ -338,3 +363,44 @@ def flat_to_nested(flat: dict[str, Any], *, source: str = "overrides") -> dict[s
             sec, name = index[key], key
         out.setdefault(sec, {})[name] = value
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerdictConfig:
+    """How the verdict against the benchmark is computed (issue 11; :mod:`dqlray.verdict`)."""
+
+    benchmark: str = "buy_and_hold"
+    """The baseline skill is measured against (a name from ``dqlray.baselines.BASELINES``)."""
+    level: float = 0.05
+    """Significance level: the agent beats the benchmark when both one-sided p-values are at or below it."""
+    ci_level: float = 0.95
+    """Confidence level of the bootstrap interval of the information ratio."""
+    n_boot: int = 2000
+    """Stationary bootstrap replications (check 1: against the benchmark)."""
+    n_null: int = 2000
+    """Null policies made by shuffling the agent's own position stretches (check 2: against luck)."""
+    block_length: float | None = None
+    """Mean block length of the stationary bootstrap in bars; None picks it from the active returns
+    (Politis and White 2004, ``arch.bootstrap.optimal_block_length``)."""
+    pbo_blocks: int = 16
+    """Blocks S of combinatorially symmetric cross-validation (even; fewer when the validation part is short)."""
+    pbo_max_splits: int = 20_000
+    """Most in-sample/out-of-sample splits used for PBO; a seeded random subset beyond it."""
+    seed: int = 0
+    """Seed of the bootstrap, the null shuffles and any PBO subset: same seed, same verdict."""
+
+    def __post_init__(self) -> None:
+        from dqlray.baselines import BASELINES  # late: baselines import the env, which never imports config
+
+        _check(self.benchmark in BASELINES, "verdict", "benchmark", self.benchmark, "one of " + ", ".join(BASELINES))
+        _check(0 < self.level < 0.5, "verdict", "level", self.level, "a number in (0, 0.5)")
+        _check(0 < self.ci_level < 1, "verdict", "ci_level", self.ci_level, "a number in (0, 1)")
+        for name in ("n_boot", "n_null"):
+            v = getattr(self, name)
+            _check(v >= 99, "verdict", name, v, "an integer >= 99 (a p-value needs resolution below 1%)")
+        _check(self.block_length is None or self.block_length >= 1, "verdict", "block_length", self.block_length,
+               "null or a number >= 1")
+        _check(self.pbo_blocks >= 2 and self.pbo_blocks % 2 == 0, "verdict", "pbo_blocks", self.pbo_blocks,
+               "an even integer >= 2")
+        _check(self.pbo_max_splits >= 1, "verdict", "pbo_max_splits", self.pbo_max_splits, "an integer >= 1")
+        _check(self.seed >= 0, "verdict", "seed", self.seed, "an integer >= 0")

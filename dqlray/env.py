@@ -12,10 +12,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from dqlray import ENV_ID as ENV_ID  # its home is the package, which registers it; kept importable from here
+from dqlray import register_env
 from dqlray.data import OHLCV, synth_market
 from dqlray.market import Market
 
-ENV_ID = "dqlray/Trading-v0"
 POSITION_SETS: dict[str, tuple[float, ...]] = {
     "long_flat": (0.0, 1.0),
     "long_short": (-1.0, 0.0, 1.0),
@@ -179,5 +180,4 @@ def start_and_end(
     return t0, t0 + episode_length
 
 
-if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="dqlray.env:TradingEnv")
+register_env(gym)  # done already when dqlray was imported first (see dqlray/__init__.py); a no-op then

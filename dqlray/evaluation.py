@@ -11,9 +11,10 @@ from typing import Protocol
 
 import numpy as np
 
+from dqlray.config import EnvConfig
 from dqlray.market import Market
 from dqlray.metrics import PERIODS_PER_YEAR, summarize
-from dqlray.vec_env import VecTradingEnv
+from dqlray.parts import make_env
 
 
 class Policy(Protocol):
@@ -52,28 +53,28 @@ class EvalResult:
 
 
 def evaluate_policy(
-    policy: Policy, market: Market, *, part: str, n_envs: int = 1, positions: str = "long_flat",
-    fee_bps: float = 1.0, slippage_bps: float = 1.0, name: str = "policy", periods: int = PERIODS_PER_YEAR,
+    policy: Policy, market: Market, *, part: str, env: EnvConfig | None = None, n_envs: int = 1,
+    name: str = "policy", periods: int = PERIODS_PER_YEAR,
 ) -> EvalResult:
-    """Run ``policy`` greedily over the whole of ``part`` from a flat start; return curves and metrics."""
-    env = VecTradingEnv(market, n_envs, part=part, positions=positions, fee_bps=fee_bps, slippage_bps=slippage_bps,
-                        ruin_fraction=0.0)
-    obs = env.reset()
-    n_steps = env.stop - env.start - 1
+    """Run ``policy`` greedily over the whole of ``part`` from a flat start, with ``env``'s positions and costs
+    (the defaults when None); return curves and metrics."""
+    venv = make_env(market, env or EnvConfig(), n_envs, part=part, training=False)
+    obs = venv.reset()
+    n_steps = venv.stop - venv.start - 1
     equity = np.empty((n_envs, n_steps + 1))
-    equity[:, 0] = env.value
+    equity[:, 0] = venv.value
     held = np.empty((n_envs, n_steps))
     traded = np.empty((n_envs, n_steps))
     for i in range(n_steps):
-        prev = env.pos
+        prev = venv.pos
         actions = np.asarray(policy.predict(obs), dtype=np.int64)
-        step = env.step(actions)
-        held[:, i] = env.pos_values[actions]
+        step = venv.step(actions)
+        held[:, i] = venv.pos_values[actions]
         traded[:, i] = np.abs(held[:, i] - prev)
         equity[:, i + 1] = step.portfolio_value
         obs = step.obs
     equity /= equity[:, :1]
     rets = equity[:, 1:] / equity[:, :-1] - 1.0
     metrics = [summarize(rets[k], held[k], traded[k], periods) for k in range(n_envs)]
-    time = market.data.time[env.start:env.stop]
+    time = market.data.time[venv.start:venv.stop]
     return EvalResult(name=name, part=part, time=time, equity=equity, positions=held, traded=traded, metrics=metrics)

@@ -18,7 +18,9 @@ EULER_GAMMA = 0.5772156649015329
 
 
 def finite_or_none(value: object) -> float | None:
-    """``value`` as a float when it is a finite number, else None (for tables and messages)."""
+    """``value`` as a float when it is a finite number, else None (for tables and messages; a bool is not a number)."""
+    if isinstance(value, bool):
+        return None
     try:
         f = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -116,23 +118,33 @@ def summarize(r: np.ndarray, positions: np.ndarray, traded: np.ndarray, periods:
 
 
 def deflated_sharpe(
-    r: np.ndarray, trial_sharpes: np.ndarray, *, periods: int = PERIODS_PER_YEAR,
+    r: np.ndarray, trial_sharpes: np.ndarray, *, periods: int = PERIODS_PER_YEAR, n_trials: int | None = None,
+    observed: float | None = None,
 ) -> dict:
     """Deflated Sharpe Ratio (Bailey and Lopez de Prado, 2014) of the best of N trials.
 
-    ``r`` are the selected strategy's per-period returns; ``trial_sharpes`` the annualised Sharpe ratios of all N
-    trials tried (their variance sets the expected maximum under the null). Returns the probability that the true
-    Sharpe is above the expected best of N unskilled trials (``dsr``), that expected maximum ``sr0`` (annualised),
-    the observed Sharpe (annualised), and N.
+    ``r`` are the selected strategy's per-period returns; ``trial_sharpes`` the annualised Sharpe ratios of the
+    trials tried (their variance sets the expected maximum under the null). ``n_trials`` is N in that expected
+    maximum when more were tried than ``trial_sharpes`` holds (every configuration and checkpoint the selection could
+    choose among; default ``len(trial_sharpes)``). ``observed`` is the annualised statistic to deflate when it is not
+    the Sharpe ratio of ``r`` (e.g. a mean over seeds of information ratios, issue 11); ``r`` then still gives T,
+    skewness and kurtosis. Returns the probability that the true statistic is above the expected best of N unskilled
+    trials (``dsr``), that expected maximum ``sr0`` (annualised), the observed statistic (``sharpe``, annualised),
+    and N.
     """
     x = np.asarray(r, dtype=np.float64)
     t = len(x)
-    n = len(trial_sharpes)
+    n = len(trial_sharpes) if n_trials is None else int(n_trials)
+    if n < len(trial_sharpes):
+        raise ValueError(f"n_trials={n} is fewer than the {len(trial_sharpes)} trial Sharpe ratios given")
     sd = np.std(x, ddof=1) if t > 1 else 0.0
-    sr = float(np.mean(x) / sd) if sd > 1e-15 else 0.0  # per period
     scale = math.sqrt(periods)
+    if observed is None:
+        sr = float(np.mean(x) / sd) if sd > 1e-15 else 0.0  # per period
+    else:
+        sr = float(observed) / scale
     nd = NormalDist()
-    if n > 1:
+    if n > 1 and len(trial_sharpes) > 1:
         var_sr = float(np.var(np.asarray(trial_sharpes, dtype=np.float64) / scale, ddof=1))
         sr0 = math.sqrt(var_sr) * ((1 - EULER_GAMMA) * nd.inv_cdf(1 - 1 / n) + EULER_GAMMA * nd.inv_cdf(1 - 1 / (n * math.e)))
     else:

@@ -23,13 +23,12 @@ import torch
 
 from dqlray.config import SECTIONS, ExperimentConfig
 from dqlray.data import OHLCV
-from dqlray.dqn import DQNLearner, GreedyPolicy, linear_epsilon, resolve_device
+from dqlray.dqn import GreedyPolicy, linear_epsilon
 from dqlray.errors import ConfigError
 from dqlray.evaluation import evaluate_policy
 from dqlray.market import Market
-from dqlray.replay import ReplayBuffer
-from dqlray.trainer import _env_state, _load_env_state, build_market, steps_per_episode, validation_summary
-from dqlray.vec_env import VecTradingEnv
+from dqlray.parts import build_market, build_parts
+from dqlray.trainer import _env_state, _load_env_state, steps_per_episode, validation_summary
 
 MEMBER_FIELDS: dict[str, tuple[str, ...]] = {
     "agent": ("agent_type", "hidden", "learning_rate", "gamma", "batch_size", "target_update_freq", "tau", "n_step",
@@ -143,20 +142,9 @@ class PackRun:
                 raise ValueError("PackRun needs data or a market")
             market = build_market(first, data)
         self.market = market
-        ec, ac = first.env, first.agent
         self.row_config = np.array([ci for ci, c in enumerate(self.configs) for _ in c.train.seeds], dtype=np.int64)
-        seeds = [s for c in self.configs for s in c.train.seeds]
-        streams = [np.random.SeedSequence(s).spawn(3) for s in seeds]  # env, buffer, exploration per seed
-        self.venv = VecTradingEnv(market, len(seeds), part="train", positions=ec.positions, fee_bps=ec.fee_bps,
-                                  slippage_bps=ec.slippage_bps, episode_length=ec.episode_length,
-                                  random_start=ec.random_start, ruin_fraction=ec.ruin_fraction,
-                                  seeds=[s[0] for s in streams])
-        agents = [self.configs[ci].agent for ci in self.row_config]
-        self.learner = DQNLearner(agents, market, self.venv.n_actions, seeds, [s[2] for s in streams],
-                                  resolve_device(first.train.device))
-        self.buffer = ReplayBuffer(len(seeds), ac.buffer_size, [s[1] for s in streams],
-                                   gamma=[a.gamma for a in agents], n_step=[a.n_step for a in agents],
-                                   reward_scale=[a.reward_scale for a in agents], pos_values=self.venv.pos_values)
+        parts = build_parts(self.configs, market)
+        self.venv, self.learner, self.buffer = parts.env, parts.learner, parts.buffer
         self.per_episode = steps_per_episode(first, market)
         self.budget = np.array([c.train.episodes * self.per_episode for c in self.configs], dtype=np.int64)
         self.results = [MemberResult(c) for c in self.configs]
@@ -210,10 +198,8 @@ class PackRun:
         due = [ci for ci in active if self.episode % first.train.eval_every == 0
                or self.episode >= self.configs[ci].train.episodes]
         if due:
-            ec = first.env
-            res = evaluate_policy(GreedyPolicy(ln), self.market, part="val", n_envs=ln.k, positions=ec.positions,
-                                  fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps, name="agent",
-                                  periods=first.train.periods_per_year)
+            res = evaluate_policy(GreedyPolicy(ln), self.market, part="val", env=first.env, n_envs=ln.k,
+                                  name="agent", periods=first.train.periods_per_year)
             for ci in due:
                 self.last_val[ci] = validation_summary([res.metrics[r] for r in self.rows_of(ci)])
         out = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -26,11 +24,15 @@ from dqlray.baselines import make_baselines
 from dqlray.config import ExperimentConfig, load_config
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
-from dqlray.errors import DqlrayError
+from dqlray.errors import DqlrayError, WriteFailed
 from dqlray.evaluation import EvalResult, evaluate_policy
+from dqlray.formatting import fmt
+from dqlray.lock import hold_folder
 from dqlray.market import Market
+from dqlray.notify import Notifier, RunNotifier
+from dqlray.parts import build_market, make_learner
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
-from dqlray.trainer import TrainResult, build_market, list_checkpoints, load_checkpoint, replay_bytes, train
+from dqlray.trainer import TrainResult, list_checkpoints, load_checkpoint, replay_bytes, train
 
 HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "num_trades",
             "turnover", "exposure")
@@ -92,11 +94,7 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
 
 def learner_from_checkpoint(config: ExperimentConfig, market: Market, checkpoint: str | Path) -> DQNLearner:
     """Rebuild the trained networks of a run from one of its checkpoints."""
-    from dqlray.env import position_values
-
-    seeds = config.train.seeds
-    learner = DQNLearner(config.agent, market, len(position_values(config.env.positions)), seeds,
-                         [np.random.SeedSequence(s).spawn(3)[2] for s in seeds], resolve_device(config.train.device))
+    learner = make_learner(config, market)
     learner.load_state_dict(load_checkpoint(checkpoint)["learner"])
     return learner
 
@@ -105,8 +103,7 @@ def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, 
                  ) -> tuple[dict[str, Any], dict[str, EvalResult]]:
     """Every seed's greedy policy and every baseline over ``part`` with the same costs."""
     ec = config.env
-    kw = dict(positions=ec.positions, fee_bps=ec.fee_bps, slippage_bps=ec.slippage_bps,
-              periods=config.train.periods_per_year)
+    kw = dict(env=ec, periods=config.train.periods_per_year)
     results = {"agent": evaluate_policy(GreedyPolicy(learner), market, part=part, n_envs=learner.k, name="agent",
                                         **kw)}
     for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
@@ -157,27 +154,38 @@ def format_metrics_table(evaluation: dict[str, Any]) -> str:
 
 
 def _fmt(v: float, key: str, short: bool = False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "nan"
-    if key == "num_trades":
-        return f"{v:.0f}" if not short else f"{v:.0f}"
-    return f"{v:.2f}" if short else f"{v:.3f}"
+    # A cell of the terminal tables: plain text (ASCII minus, no separators) for grep, "nan" when missing.
+    return fmt(v, "int" if key == "num_trades" else "ratio" if short else "float3", missing="nan", plain=True)
 
 
 def run_experiment(
     config: ExperimentConfig,
     *,
     resume: bool = False,
-    notifier: Any = None,
+    notifier: RunNotifier | None = None,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: Callable[[str], None] = print,
 ) -> RunOutcome:
-    """Train, checkpoint, evaluate once on the test part, and save everything under the run folder."""
+    """Train, checkpoint, evaluate once on the test part, and save everything under the run folder.
+
+    The run folder is locked for the whole run (:func:`dqlray.lock.hold_folder`): a second run of the same
+    experiment is refused with one line instead of overwriting this one's results.
+    """
     data = load_ohlcv(config.data.data_file)
+    market = build_market(config, data)
+    resolve_device(config.train.device)  # refuse an unavailable device before anything is written
     run_dir = run_dir_of(config)
+    with hold_folder(run_dir, flag="--experiment_name", out=out):
+        return _run_locked(config, data, market, run_dir, resume=resume, notifier=notifier, progress=progress,
+                           should_stop=should_stop, out=out)
+
+
+def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: Path, *, resume: bool,
+                notifier: Any, progress: bool | None, should_stop: Callable[[], bool] | None,
+                out: Callable[[str], None]) -> RunOutcome:
     ckpt_dir = run_dir / "checkpoints"
-    resume_from = None
+    state = None
     if resume:
         if not list_checkpoints(ckpt_dir):
             raise DqlrayError(f"{run_dir}: nothing to resume (no checkpoint in {ckpt_dir})")
@@ -187,36 +195,37 @@ def run_experiment(
                     if saved.to_dict()[s][k] != v]
             raise DqlrayError(f"{run_dir}: --resume with a different config ({', '.join(diff)}); "
                               "resume with the saved settings or start a new --experiment_name")
-        resume_from = ckpt_dir
+        state = load_checkpoint(ckpt_dir)
     elif (run_dir / "metrics.csv").exists() or list_checkpoints(ckpt_dir):
         raise DqlrayError(f"{run_dir} already holds a run; use --resume to continue it, or another --experiment_name")
-    market = build_market(config, data)
-    resolve_device(config.train.device)  # refuse an unavailable device before anything is written
     if not resume:
         write_run_header(run_dir, config, data, market)
     tc = config.train
-    if notifier is not None:
-        notifier.start(agent_type=config.agent.agent_type, episodes=tc.episodes, data_file=config.data.data_file)
+    notifier = notifier or RunNotifier(Notifier(), tc.experiment_name)  # a no-op one by default
+    notifier.start(agent_type=config.agent.agent_type, episodes=tc.episodes, data_file=config.data.data_file)
+    history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
 
     def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
         history.append(metrics)
         write_metrics_csv(run_dir / "metrics.csv", history)
-        if notifier is not None:
-            notifier.progress(episode=metrics["episodes"], total=tc.episodes, mean_reward=metrics["episode_return"],
-                              loss=metrics["loss"], epsilon=metrics["epsilon"])
-            if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
-                notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
+        notifier.progress(episode=metrics["episodes"], total=tc.episodes, mean_reward=metrics["episode_return"],
+                          loss=metrics["loss"], epsilon=metrics["epsilon"])
+        if checkpoint is not None and metrics["episodes"] % tc.checkpoint_every == 0:
+            notifier.checkpoint(episode=metrics["episodes"], path=checkpoint)
 
-    history: list[dict[str, Any]] = []
-    if resume_from is not None:
-        history = list(load_checkpoint(resume_from)["history"])
-    result = train(config, data, report=report, checkpoint_dir=ckpt_dir, resume_from=resume_from,
-                   progress=progress, should_stop=should_stop)
+    try:
+        result = train(config, market, report=report, checkpoint_dir=ckpt_dir, resume_from=state,
+                       progress=progress, should_stop=should_stop)
+    except WriteFailed as e:
+        if list_checkpoints(ckpt_dir):
+            raise WriteFailed(f"{e}; once there is room, continue with --resume") from None
+        raise
     if result.stopped_early:
         out(f"Stopped at episode {result.final.get('episodes')}; resume with --resume")
         return RunOutcome(run_dir, result, None)
     evaluation, curves = evaluate_all(result.learner, result.market, config, "test")
-    evaluation["model_path"] = result.last_checkpoint
+    # a resumed run that had already finished writes no new checkpoint: its model is the newest one
+    evaluation["model_path"] = result.last_checkpoint or str(list_checkpoints(ckpt_dir)[-1])
     write_json(run_dir / "eval.json", evaluation)
     save_curves(run_dir, curves, "test")
     _, val_curves = evaluate_all(result.learner, result.market, config, "val")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dqlray.baselines import make_baselines
+from dqlray.config import EnvConfig
 from dqlray.data import synth_market
 from dqlray.evaluation import evaluate_policy
 from dqlray.features import compute_features
@@ -32,7 +33,7 @@ def test_rules_read_the_raw_signal(market):
 
 
 def test_evaluation_of_baselines(market):
-    res = {n: evaluate_policy(p, market, part="test", name=n, fee_bps=5, slippage_bps=5)
+    res = {n: evaluate_policy(p, market, part="test", name=n, env=EnvConfig(fee_bps=5, slippage_bps=5))
            for n, p in make_baselines(market).items()}
     flat = res["always_flat"].metrics[0]
     assert flat["total_return"] == 0 and flat["num_trades"] == 0
@@ -43,7 +44,7 @@ def test_evaluation_of_baselines(market):
     assert bh.metrics[0]["num_trades"] == 1 and bh.metrics[0]["exposure"] == 1.0
     assert res["random"].metrics[0]["num_trades"] > 50
     # costs are inside: the same random actions cost more at higher fees
-    r2 = evaluate_policy(make_baselines(market)["random"], market, part="test", fee_bps=50, slippage_bps=0)
+    r2 = evaluate_policy(make_baselines(market)["random"], market, part="test", env=EnvConfig(fee_bps=50, slippage_bps=0))
     assert r2.equity[0, -1] < res["random"].equity[0, -1]
 
 

@@ -79,3 +79,15 @@ def test_sigusr1_checkpoints_and_resume_completes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(metrics.open()))
     assert [int(r["episodes"]) for r in rows] == list(range(1, 41))
+
+
+def test_a_diverging_run_stops_with_one_line_naming_the_episode(tmp_path):
+    # 1e30 is a finite learning rate, so the config accepts it; the loss becomes non-finite in the first episode
+    # and the run must stop there instead of printing agent metrics as if nothing happened (issue 13, item 7).
+    proc = run(["train_single.py", "--episodes", "3", "--experiment_name", "boom", "--learning_rate", "1e30",
+                "--results_dir", str(tmp_path), *FAST])
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "diverged at episode 2" in lines[0] and "agent.learning_rate=1e+30" in lines[0], lines
+    assert "Final Metrics" not in proc.stdout
+    assert not (tmp_path / "boom" / "eval.json").exists()

@@ -16,9 +16,9 @@ import pytest
 from fake_telegram import FakeTelegram, closed_port, make_fake_token
 from smtp_sink import SmtpSink
 
-from dqlray.notify import NotifyConfig, RunNotifier, SmtpConfig, SweepNotifier
+from dqlray.notify import Notifier, NotifyConfig, RunNotifier, SmtpConfig, SweepNotifier
 from dqlray.notify.cli import main as notify_main
-from dqlray.notify.sender import Notifier, RateGovernor
+from dqlray.notify.sender import RateGovernor
 from dqlray.notify.spool import Spool
 
 CHAT = "4242"
@@ -51,8 +51,7 @@ def _work(iterations: int, rn: RunNotifier | None = None) -> float:
 def test_training_loop_is_not_slowed_by_a_hanging_server(tg, tmp_path):
     before = _work(300)
     tg.hang()
-    rn = RunNotifier(make_cfg(tg, tmp_path, read_timeout_s=5.0), EXPERIMENT, progress_interval_s=0,
-                     handle_sigterm=False)
+    rn = RunNotifier(Notifier(make_cfg(tg, tmp_path, read_timeout_s=5.0)), EXPERIMENT, progress_interval_s=0)
     rn.start(agent_type="dqn", episodes=300, data_file="data/test_small.csv")
     with_hang = _work(300, rn)
     rn.error(RuntimeError("diverged"))
@@ -71,11 +70,11 @@ def test_training_loop_is_not_slowed_by_a_hanging_server(tg, tmp_path):
 
 
 def test_disabled_notifier_is_a_no_op():
-    rn = RunNotifier(None, EXPERIMENT)
+    rn = RunNotifier(Notifier(), EXPERIMENT)
     assert not rn.enabled
     rn.start(agent_type="dqn", episodes=1, data_file="x")
     rn.progress(episode=1, total=1)
-    rn.finished(final_reward=0.0, test_metrics={}, baseline_metrics={}, model_path=None)
+    rn.finished(final_reward=0.0, test_metrics={}, baselines={}, model_path=None)
     rn.error(ValueError("x"))
     rn.close()
 
@@ -95,7 +94,7 @@ def test_429_is_honoured_by_the_background_sender(tg, tmp_path):
 
 
 def test_progress_is_coalesced_latest_wins_into_one_live_message(tg, tmp_path):
-    rn = RunNotifier(make_cfg(tg, tmp_path), EXPERIMENT, progress_interval_s=60.0, handle_sigterm=False)
+    rn = RunNotifier(Notifier(make_cfg(tg, tmp_path)), EXPERIMENT, progress_interval_s=60.0)
     for ep in range(1, 201):
         rn.progress(episode=ep, total=200, mean_reward=ep / 100)
     rn.close(5.0)
@@ -140,13 +139,13 @@ def test_token_never_leaks_to_output_logs_spool_or_email(tg, tmp_path, capfd, ca
     token = tg.token
     with SmtpSink() as smtp:
         smtp_cfg = SmtpConfig(host=smtp.host, port=smtp.port, security="none", recipients=("me@example.org",))
-        rn = RunNotifier(make_cfg(tg, tmp_path, smtp=smtp_cfg), EXPERIMENT, handle_sigterm=False)
+        rn = RunNotifier(Notifier(make_cfg(tg, tmp_path, smtp=smtp_cfg)), EXPERIMENT)
         rn.start(agent_type="dqn", episodes=2, data_file="d.csv")
         assert rn.flush(5.0)
         tg.refuse()  # now the network is gone
         rn.progress(episode=1, total=2)
         rn.error(RuntimeError(f"request to https://api.telegram.org/bot{token}/sendMessage failed"))
-        rn.finished(final_reward=0.1, test_metrics={"sharpe": 1.0}, baseline_metrics={"sharpe": 0.5},
+        rn.finished(final_reward=0.1, test_metrics={"sharpe": 1.0}, baselines={"buy&hold": {"sharpe": 0.5}},
                     model_path="m.pt")
         rn.close(10.0)
         emails = smtp.raw
@@ -171,13 +170,13 @@ def test_fallback_emails_and_spools_every_critical_event_once_then_relay_deliver
         smtp_cfg = SmtpConfig(host=smtp.host, port=smtp.port, security="none", recipients=("me@example.org",))
         cfg = NotifyConfig(token=token, chat_id=CHAT, api_base=f"http://127.0.0.1:{port}", spool_dir=spool_dir,
                            smtp=smtp_cfg, connect_timeout_s=1.0, min_interval_s=0.0)
-        rn = RunNotifier(cfg, EXPERIMENT, handle_sigterm=False)
+        rn = RunNotifier(Notifier(cfg), EXPERIMENT)
         rn.start(agent_type="dqn", episodes=20, data_file="data/test_small.csv")
         rn.progress(episode=10, total=20, mean_reward=0.01)
         rn.checkpoint(episode=10, path="results/x/checkpoints/ckpt_000010")
         rn.error(ValueError("loss is NaN"))
         rn.time_limit()
-        rn.finished(final_reward=0.05, test_metrics={"sharpe": 1.1}, baseline_metrics={"sharpe": 0.4},
+        rn.finished(final_reward=0.05, test_metrics={"sharpe": 1.1}, baselines={"buy&hold": {"sharpe": 0.4}},
                     model_path="results/x/model.pt")
         rn.close(10.0)
         subjects = [m["Subject"] for m in smtp.messages]
@@ -253,10 +252,10 @@ def test_notify_test_refuses_a_readable_config_file(tmp_path, monkeypatch, capsy
 def test_sigterm_flushes_pending_messages_then_dies_of_it(tg, tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, time
-        from dqlray.notify import NotifyConfig, RunNotifier
+        from dqlray.notify import Notifier, NotifyConfig, RunNotifier
         cfg = NotifyConfig(token=os.environ["FAKE_TG_TOKEN"], chat_id="{CHAT}", api_base="{tg.url}",
                            spool_dir="{tmp_path / 'spool'}", min_interval_s=0.0)
-        rn = RunNotifier(cfg, "{EXPERIMENT}")
+        rn = RunNotifier(Notifier(cfg, handle_sigterm=True), "{EXPERIMENT}")
         rn.start(agent_type="dqn", episodes=100, data_file="d.csv")
         rn.checkpoint(episode=40, path="results/x/ckpt_000040")
         os.kill(os.getpid(), signal.SIGTERM)
@@ -310,12 +309,12 @@ def test_sigterm_goes_straight_to_the_programs_own_graceful_stop_handler(tg, tmp
     sends ⏰ itself: the trainer reports the time limit once and closes."""
     script = textwrap.dedent(f"""
         import os, signal, sys, time
-        from dqlray.notify import NotifyConfig, RunNotifier
+        from dqlray.notify import Notifier, NotifyConfig, RunNotifier
         stop = []
         signal.signal(signal.SIGTERM, lambda s, f: stop.append(time.monotonic()))
         cfg = NotifyConfig(token=os.environ["FAKE_TG_TOKEN"], chat_id="{CHAT}", api_base="{tg.url}",
                            spool_dir="{tmp_path / 'spool'}", min_interval_s=0.0)
-        rn = RunNotifier(cfg, "{EXPERIMENT}")
+        rn = RunNotifier(Notifier(cfg, handle_sigterm=True), "{EXPERIMENT}")
         rn.start(agent_type="dqn", episodes=100, data_file="d.csv")
         sent = time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)
@@ -339,14 +338,14 @@ def test_sigterm_goes_straight_to_the_programs_own_graceful_stop_handler(tg, tmp
 def test_finished_messages_carry_metrics_and_the_equity_curve(tg, tmp_path):
     png = tmp_path / "equity.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"1" * 500)
-    rn = RunNotifier(make_cfg(tg, tmp_path), EXPERIMENT, handle_sigterm=False)
+    rn = RunNotifier(Notifier(make_cfg(tg, tmp_path)), EXPERIMENT)
     rn.finished(final_reward=0.05, test_metrics={"sharpe": 1.1, "total_return": 0.05, "max_drawdown": -0.12},
-                baseline_metrics={"sharpe": 0.4, "total_return": 0.02}, model_path="results/x/model.pt",
+                baselines={"buy&hold": {"sharpe": 0.4, "total_return": 0.02}}, model_path="results/x/model.pt",
                 image_path=png)
     rn.close(5.0)
-    sn = SweepNotifier(make_cfg(tg, tmp_path), "sweep_27", handle_sigterm=False)
+    sn = SweepNotifier(Notifier(make_cfg(tg, tmp_path)), "sweep_27")
     sn.finished(best_config={"lr": 0.001, "gamma": 0.99, "data_file": "/data/prices.csv"},
-                test_metrics={"sharpe": 1.3}, baseline_metrics={"sharpe": 0.4},
+                test_metrics={"sharpe": 1.3}, baselines={"buy&hold": {"sharpe": 0.4}},
                 deflated_sharpe={"dsr": 0.93, "sr0": 1.2, "sharpe": 1.3, "n_trials": 27}, n_trials=27,
                 image_path=None)
     sn.close(5.0)
@@ -358,3 +357,77 @@ def test_finished_messages_carry_metrics_and_the_equity_curve(tg, tmp_path):
     assert "max_drawdown  -0.12  n/a" in lines and "Model: results/x/model.pt" in lines
     assert sweep_msg["plain"].startswith("✅ Sweep finished · sweep_27\nTrials: 27")
     assert "Deflated Sharpe ratio: 0.93" in sweep_msg["plain"] and "/data/prices.csv" not in sweep_msg["plain"]
+
+
+def _spool_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("dqlray notify:")]
+
+
+def test_exit_with_a_hanging_api_spools_at_once_and_says_so_in_one_line(tg, tmp_path, capfd):
+    """Issue 13 item 4: a hanging Bot API costs a flush STALL_S, not its deadline; once the circuit is open the next
+    flush spools at once; what was spooled is announced in one stderr line with the relay command."""
+    tg.hang()
+    n = Notifier(make_cfg(tg, tmp_path, read_timeout_s=60.0), register_atexit=False)
+    n.notify("🚀 start", fallback=True)
+    assert tg.wait_for(lambda: tg.hung == 1)
+    n.notify("✅ finished", critical=True)
+    t0 = time.monotonic()
+    assert not n.flush(deadline_s=30.0)  # the dashboard callback's flush at the end of a sweep
+    first = time.monotonic() - t0
+    n.notify("❌ failed", critical=True)
+    t0 = time.monotonic()
+    n.close(deadline_s=30.0)  # the driver's exit: the call is still hanging, the circuit is open
+    second = time.monotonic() - t0
+    assert first < 15 and second < 15, (first, second)  # neither waited out its 30 s deadline
+    texts = sorted(Spool.load(p).text for p in Spool(tmp_path / "spool").pending())
+    assert texts == ["✅ finished", "❌ failed", "🚀 start"]
+    err = capfd.readouterr().err
+    assert _spool_lines(err) == [
+        f"dqlray notify: 3 message(s) could not reach Telegram and wait in the spool; send them from a node with "
+        f"internet: dqlray notify relay --spool-dir {tmp_path / 'spool'}"], err
+    assert tg.token not in err
+
+
+def test_exit_with_a_429_backlog_spools_at_once_and_says_so(tg, tmp_path, capfd):
+    tg.force_429(1, retry_after=30)
+    n = Notifier(make_cfg(tg, tmp_path), register_atexit=False)
+    n.notify("✅ finished", critical=True)
+    assert tg.wait_for(lambda: tg.statuses() == [429])
+    n.notify("⏰ time limit", critical=True)
+    t0 = time.monotonic()
+    n.close(deadline_s=20.0)
+    assert time.monotonic() - t0 < 10  # Telegram holds the chat for 30 s: no point waiting 20
+    assert len(Spool(tmp_path / "spool").pending()) == 2
+    assert len(_spool_lines(capfd.readouterr().err)) == 1
+
+
+def test_relay_from_another_directory_sends_the_picture_and_reports_a_missing_one(tmp_path, monkeypatch, capsys,
+                                                                                 token):
+    """Issue 13 item 5: the spool keeps its own copy of the picture, so a relay run elsewhere (later, on a login node)
+    still sends it; a picture that cannot be found is reported, not silently dropped."""
+    png = b"\x89PNG\r\n\x1a\n" + b"2" * 300
+    run_dir = tmp_path / "job"
+    (run_dir / "results").mkdir(parents=True)
+    (run_dir / "results" / "equity.png").write_bytes(png)
+    monkeypatch.chdir(run_dir)
+    cfg = NotifyConfig(token=token, chat_id=CHAT, api_base=f"http://127.0.0.1:{closed_port()}",
+                       spool_dir=tmp_path / "spool", connect_timeout_s=1.0)
+    rn = RunNotifier(Notifier(cfg), EXPERIMENT)
+    rn.finished(final_reward=0.1, test_metrics={"sharpe": 1.0}, baselines={"buy&hold": {"sharpe": 0.5}},
+                model_path="results/model.pt", image_path="results/equity.png")  # relative, as the CLI passes it
+    rn.close(5.0)
+    Spool(tmp_path / "spool").put(event_id="old", created=time.time(), text="⏰ <b>old</b>",
+                                  attachments=["results/missing.png"])
+    (run_dir / "results" / "equity.png").unlink()  # the results moved on
+    login = tmp_path / "login"
+    login.mkdir()
+    monkeypatch.chdir(login)
+    with FakeTelegram(token, chats=[CHAT]) as tg:
+        _cli_env(monkeypatch, tmp_path, token, tg.url)
+        assert notify_main(["relay"]) == 0
+    [photo] = [m for m in tg.messages if m["kind"] == "photo"]
+    assert photo["photo_bytes"] == len(png) and photo["silent"]
+    assert [t.split(" · ")[0] for t in tg.texts() if t] == ["✅ Training finished", "⏰ old"]
+    err = capsys.readouterr().err
+    assert re.search(r"relay: picture \S*missing\.png of \S+-old\.json not found; sending the text without it", err)
+    assert list((tmp_path / "spool").iterdir()) == []  # delivered messages and their pictures are gone

@@ -18,8 +18,7 @@ from dqlray.notify.credentials import (
     SmtpConfig,
     load_notify_config,
 )
-from dqlray.notify.redact import MASK, RedactingFilter, redact
-from dqlray.notify.telegram import (
+from dqlray.notify.messages import (
     MESSAGE_LIMIT,
     html_to_plain,
     split_html,
@@ -28,6 +27,7 @@ from dqlray.notify.telegram import (
     utf16_len,
     visible_len,
 )
+from dqlray.notify.redact import MASK, RedactingFilter, redact
 
 EXPERIMENT = "hp_sweep_lr0.001_g0.99"
 
@@ -235,3 +235,23 @@ def test_spool_files_are_private_and_atomic(tmp_path):
     assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
     assert "hunter2-smtp" not in path.read_text()
     assert not list((tmp_path / "spool").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_spool_stays_private_whatever_the_umask(tmp_path, umask):
+    """Issue 13 item 6: the spool, the folders dqlray makes for it, its messages and picture copies are 0700/0600
+    under any umask (0o000 would leave new folders world-writable, 0o277 files unreadable to their owner)."""
+    from dqlray.notify.spool import Spool
+
+    picture = tmp_path / "equity.png"
+    picture.write_bytes(b"\x89PNG")
+    old = os.umask(umask)
+    try:
+        spool = Spool(tmp_path / "state" / "dqlray" / "notify-spool")
+        spool.put(event_id="e1", created=1.0, text="✅ done", attachments=[str(picture)])
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "state", tmp_path / "state" / "dqlray", spool.directory):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    files = list(spool.directory.iterdir())
+    assert len(files) == 2 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), files

@@ -53,6 +53,10 @@ def test_single_run_notifies_and_a_hanging_server_costs_nothing(tmp_path):
         hung, wall = train(tmp_path, "hanging", env)
         tg.release()
     assert hung.returncode == 0, hung.stderr[-2000:]
+    # Issue 13 item 4: what could not be delivered is said in one stderr line, with the relay command.
+    said = [line for line in hung.stderr.splitlines() if line.startswith("dqlray notify:")]
+    assert len(said) == 1 and "dqlray notify relay --spool-dir" in said[0], hung.stderr[-2000:]
+    assert "dqlray notify:" not in ok.stderr  # nothing was left over when Telegram answered
     t_base, t_hung = training_seconds(tmp_path, "no_notify"), training_seconds(tmp_path, "hanging")
     assert t_hung < t_base * 1.5 + 1.0, (t_base, t_hung)  # training itself is not slowed
     assert wall < t_hung + 60  # and the exit flush is bounded by its deadline

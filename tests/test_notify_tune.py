@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from fake_telegram import FakeTelegram
 
-from dqlray.notify import NotifyConfig
+from dqlray.notify import Notifier, NotifyConfig
 from dqlray.notify.tune_callback import TelegramTuneCallback
 
 CHAT = "4242"
 EXPERIMENT = "hp_sweep_lr0.001_g0.99"
-MAX_T = 1000
+MAX_T = 10  # episodes: report() below reports step // 100 of them
 
 
 @dataclass
@@ -43,6 +43,10 @@ def make_cfg(tg, tmp_path, **kw) -> NotifyConfig:
     return NotifyConfig(token=tg.token, chat_id=CHAT, api_base=tg.url, spool_dir=tmp_path / "spool", **kw)
 
 
+def notifier_for(tg, tmp_path, **kw) -> Notifier:
+    return Notifier(make_cfg(tg, tmp_path, **kw))
+
+
 def make_trials(n: int) -> list[FakeTrial]:
     return [FakeTrial(f"a1b2c_{i:05d}", {"lr": 10 ** -(2 + i % 3), "gamma": 0.99, "data": "/home/me/x.csv"})
             for i in range(n)]
@@ -60,8 +64,8 @@ def flush(cb: TelegramTuneCallback) -> None:
 
 
 def test_dashboard_is_one_message_edited_across_many_results(tg, tmp_path):
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, max_t=MAX_T, edit_interval_s=0.0,
-                              space_summary={"lr": "loguniform(1e-4, 1e-2)", "gamma": "[0.95, 0.99]"},
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, max_t=MAX_T,
+                              edit_interval_s=0.0, space_summary={"lr": "loguniform(1e-4, 1e-2)", "gamma": "[0.95, 0.99]"},
                               resources={"nodes": 2, "CPU": 32})
     trials = make_trials(4)
     cb.setup(total_num_samples=4)
@@ -91,7 +95,7 @@ def test_dashboard_is_one_message_edited_across_many_results(tg, tmp_path):
 
 def test_dashboard_edits_are_throttled_to_the_interval(tg, tmp_path):
     clock = Clock()
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=30.0, clock=clock)
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=30.0, clock=clock)
     trials = make_trials(3)
     cb.setup(total_num_samples=3)
     for k in range(100):  # 100 results within 29 s: one dashboard send
@@ -109,7 +113,7 @@ def test_dashboard_edits_are_throttled_to_the_interval(tg, tmp_path):
 
 def test_errored_trials_are_digested_into_one_message_per_burst(tg, tmp_path):
     clock = Clock()
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, error_digest_s=60.0,
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, error_digest_s=60.0,
                               edit_interval_s=1e6, clock=clock)
     trials = make_trials(8)
     cb.setup(total_num_samples=8)
@@ -137,7 +141,8 @@ def test_errored_trials_are_digested_into_one_message_per_burst(tg, tmp_path):
 
 def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_path, monkeypatch):
     cfg = make_cfg(tg, tmp_path)
-    cb = TelegramTuneCallback(cfg, experiment=EXPERIMENT, edit_interval_s=0.0, error_digest_s=0.0, max_t=MAX_T)
+    cb = TelegramTuneCallback(notifier=Notifier(cfg), experiment=EXPERIMENT, edit_interval_s=0.0, error_digest_s=0.0,
+                              max_t=MAX_T)
     trials = make_trials(3)
     cb.setup(total_num_samples=3)
     report(cb, trials, trials[0], 100, 0.5)
@@ -161,7 +166,7 @@ def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_pat
     monkeypatch.setenv("DQLRAY_NOTIFY_SPOOL", str(tmp_path / "spool"))
     monkeypatch.delenv("DQLRAY_NOTIFY_CONFIG", raising=False)
     restored = pickle.loads(pickled)
-    assert restored._cfg is None and restored._notifier is None
+    assert restored._notifier is None and restored.secrets == ()  # neither credentials nor a sender came back
     restored.set_state(state)
     restored.setup(total_num_samples=3)
     report(restored, trials, trials[0], 200, 0.7)
@@ -178,7 +183,7 @@ def test_restored_sweep_resends_nothing_and_edits_the_same_dashboard(tg, tmp_pat
 def test_callback_pickles_without_secrets_or_threads(tg, tmp_path):
     import ray.cloudpickle as cloudpickle
 
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
     cb.setup(total_num_samples=1)
     report(cb, [], FakeTrial("t1", {"lr": 0.1}), 100, 0.3)
     flush(cb)
@@ -195,8 +200,8 @@ def test_a_27_trial_sweep_stays_under_telegram_limits(token, tmp_path):
     and the server answers 429 to anything closer than 0.1 s per chat (slack for loopback jitter). The exact 1/s and
     20/min pacing is checked with a fake clock in test_notify_sender.py."""
     with FakeTelegram(token, chats=[CHAT], min_interval_s=0.1) as tg:
-        cb = TelegramTuneCallback(make_cfg(tg, tmp_path, min_interval_s=0.25), experiment=EXPERIMENT, max_t=MAX_T,
-                                  edit_interval_s=0.5, error_digest_s=0.3, num_samples=27)
+        cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path, min_interval_s=0.25), experiment=EXPERIMENT,
+                                  max_t=MAX_T, edit_interval_s=0.5, error_digest_s=0.3, num_samples=27)
         trials = make_trials(27)
         cb.setup(total_num_samples=27)
         t0 = time.monotonic()
@@ -239,8 +244,8 @@ def test_real_ray_tune_run_with_asha_sends_start_and_edits_one_dashboard(tg, tmp
             tune.report({"val_sharpe": config["lr"] * i, "val_sharpe_std": 0.01, "val_return": 0.01 * i,
                          "env_steps": 100 * i, "episodes": i, "loss": 0.1, "epsilon": 0.5})
 
-    cb = TelegramTuneCallback(make_cfg(tg, tmp_path), experiment=EXPERIMENT, max_t=400, edit_interval_s=0.0,
-                              space_summary={"lr": "grid [0.1, 0.2, 0.3]"})
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, max_t=4,  # episodes
+                              edit_interval_s=0.0, space_summary={"lr": "grid [0.1, 0.2, 0.3]"})
     owns_ray = not ray.is_initialized()  # another test may have started Ray in this process
     if owns_ray:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -272,3 +277,77 @@ def test_real_ray_tune_run_with_asha_sends_start_and_edits_one_dashboard(tg, tmp
     assert "tuner.pkl" in names and any(n.startswith("callback-states-") for n in names), names
     for path in pickles:
         assert tg.token.split(":")[1].encode() not in path.read_bytes(), path
+
+
+def test_one_notifier_per_process_and_a_no_op_one_without_credentials(tg, tmp_path, monkeypatch):
+    from dqlray.notify import RunNotifier, get_notifier
+
+    off = get_notifier()  # nothing configured (conftest clears the environment)
+    assert off is get_notifier() and not off.enabled and off.config is None
+    RunNotifier(off, EXPERIMENT).finished(final_reward=0.1, test_metrics={"sharpe": 1.0}, baselines=None,
+                                          model_path=None)  # no `if` needed: a no-op
+    assert off.pending() == 0 and off.flush(0.0)
+    off.close()
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", tg.token)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT)
+    monkeypatch.setenv("DQLRAY_TELEGRAM_API_BASE", tg.url)
+    on = get_notifier(token=None)
+    assert on is not off and on.enabled and get_notifier() is on  # a closed one is replaced, then shared
+
+
+def test_restored_callback_shares_the_drivers_notifier_made_from_the_flags(tg, tmp_path, monkeypatch):
+    """Issue 15: after Tuner.restore the callback uses the notifier the sweep driver made, even when the credentials
+    came only from the guide's --telegram_token/--telegram_chat_id flags (nothing in the environment)."""
+    from dqlray.notify import CommandLineSecretWarning, get_notifier
+
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, edit_interval_s=0.0)
+    trials = make_trials(2)
+    cb.setup(total_num_samples=2)
+    report(cb, trials, trials[0], 100, 0.5)
+    flush(cb)
+    state, pickled = cb.get_state(), pickle.dumps(cb)
+    cb._notifier.close(1.0)
+    sent_before = len(tg.messages)
+
+    monkeypatch.setenv("DQLRAY_TELEGRAM_API_BASE", tg.url)  # the resumed driver: no token in the environment
+    monkeypatch.setenv("DQLRAY_NOTIFY_SPOOL", str(tmp_path / "spool"))
+    with pytest.warns(CommandLineSecretWarning):
+        driver = get_notifier(token=tg.token, chat_id=CHAT)
+    restored = pickle.loads(pickled)
+    restored.set_state(state)
+    restored.setup(total_num_samples=2)
+    report(restored, trials, trials[1], 100, 0.9)
+    restored.on_experiment_end(trials=trials)
+    assert restored.notifier is driver
+    assert len(tg.messages) == sent_before  # no second start message or dashboard
+    dashboard = next(m for m in tg.messages if m["message_id"] == state["dashboard_message_id"])
+    assert "0.9" in dashboard["plain"] and "Sweep finished (trials)" in dashboard["plain"]
+
+
+@pytest.mark.slow
+def test_tune_main_sends_start_dashboard_and_result_through_one_notifier(tg, tmp_path):
+    """The sweep driver, its dashboard callback and the end message share the process's one notifier."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sweep = {"data": {"data_file": str(root / "data" / "test_small.csv")}, "env": {"episode_length": 60},
+             "agent": {"learning_starts": 50, "buffer_size": 2000}, "train": {"episodes": 2, "num_seeds": 1},
+             "search": {"agent.learning_rate": {"loguniform": [1e-4, 1e-2]}},
+             "sweep": {"search": "random", "num_samples": 2, "grace_period": 1, "seed": 3}}
+    (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DQLRAY_"))}
+    env.update(HOME=str(tmp_path), TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_CHAT_ID=CHAT,
+               DQLRAY_TELEGRAM_API_BASE=tg.url, DQLRAY_NOTIFY_SPOOL=str(tmp_path / "spool"))
+    proc = subprocess.run([sys.executable, str(root / "tune_main.py"), "--config", str(tmp_path / "sweep.yaml"),
+                           "--experiment-name", "nt", "--storage-path", str(tmp_path / "store"), "--no-dashboard"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    heads = [m["plain"].split("\n")[0] for m in tg.messages if m["kind"] == "message"]
+    assert heads == ["🚀 Sweep started · nt", "📊 Sweep finished (trials) · nt", "✅ Sweep finished · nt"], heads
+    assert "Budget per trial: 2 episodes (ASHA)" in tg.messages[0]["plain"]
+    assert "Deflated Sharpe ratio" in tg.messages[2]["plain"] and "buy&hold" in tg.messages[2]["plain"]
+    assert 400 not in tg.statuses() and "dqlray notify:" not in proc.stderr  # all delivered, nothing spooled
+    assert tg.token not in proc.stdout + proc.stderr

@@ -237,7 +237,8 @@ def check_metrics_table(page: Page, name: str, evaluation: dict) -> None:
 
 
 def test_format_numbers():
-    from dqlray.report.format import fmt, fmt_sd, metric_label, pretty_name
+    from dqlray.formatting import fmt, fmt_sd
+    from dqlray.report.format import metric_label, pretty_name
 
     assert fmt(0.1571, "pct") == "15.7%" and fmt(-0.0388, "pct") == "−3.9%"
     assert fmt(0.6257, "ratio") == "0.63" and fmt(-1.1349, "ratio") == "−1.13"
@@ -472,6 +473,25 @@ def test_command_line(folders, tmp_path, capsys):
                                                  "evaluated on its test split yet")
     assert error("compare", str(folders["run_a"]), "--out", str(tmp_path / "c.txt")).endswith(
         "expected a file name ending in .html")
+
+
+def test_compare_every_finished_experiment_in_a_results_dir(folders, tmp_path, capsys):
+    # the guide: rsync results/ ./local_results/; python generate_comparison_report.py --results_dir ./local_results
+    local = tmp_path / "local_results"
+    local.mkdir()
+    for name in ("run_a", "run_b"):
+        shutil.copytree(folders[name], local / name, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(folders["sweep"], local / "sw", ignore=shutil.ignore_patterns("trial_*", "checkpoint*"))
+    shutil.copytree(folders["run_a"], local / "unfinished", ignore=shutil.ignore_patterns("checkpoints", "eval.json"))
+    (local / "notes").mkdir()  # neither a run nor a sweep: ignored
+    p = subprocess.run([sys.executable, str(ROOT / "generate_comparison_report.py"), "--results_dir", "./local_results"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == f"warning: {Path('local_results') / 'unfinished'}: left out, not evaluated on its test split yet"
+    assert p.stdout.strip() == "Report: comparison_report.html"
+    page = check_page(tmp_path / "comparison_report.html")
+    assert {c["row"] for c in page.cells if c["table"] == "comparison"} >= {"run_a", "run_b", "sw"}
+    assert "unfinished" not in {c["row"] for c in page.cells if c["table"] == "comparison"}
 
 
 # ----------------------------------------------------------------------------------------------------- Chromium

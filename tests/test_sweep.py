@@ -65,9 +65,9 @@ def test_sweep_asha_retry_and_results(tmp_path):
     cfg = write_sweep(tmp_path)
     marker = tmp_path / "fail"
     marker.mkdir()
-    env = dict(os.environ, DQLRAY_FAIL_ONCE=f"{marker}:3")
-    proc = subprocess.run(tune_cmd(cfg, tmp_path, "asha"), capture_output=True, text=True, timeout=400, env=env,
-                          cwd=tmp_path)
+    cmd = tune_cmd(cfg, tmp_path, "asha")
+    cmd[1:2] = [str(ROOT / "tests" / "crash_once_sweep.py"), str(marker), "3"]  # the real trainable, wrapped
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (marker / "failed").exists()  # the injected crash happened
     exp = tmp_path / "store" / "asha"
@@ -139,22 +139,40 @@ def test_bad_sweep_file_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigusr1_saves_state_exits_75_and_resumes(tmp_path):
-    cfg = write_sweep(tmp_path, train={"episodes": 40}, search="grid", max_concurrent=1)  # long enough to interrupt
+def test_sigusr1_saves_state_exits_75_and_resumes_with_its_own_settings(tmp_path):
+    # The settings come from flags, not the file (which says 6 episodes, random search, 8 samples): a plain
+    # `--resume --experiment-name` must bring them all back (issue 13, item 1).
+    cfg = write_sweep(tmp_path)
     exp = tmp_path / "store" / "usr1"
-    p = subprocess.Popen(tune_cmd(cfg, tmp_path, "usr1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         cwd=tmp_path)
+    flags = ["--episodes", "30", "--search", "grid", "--max-concurrent", "1"]
+    p = subprocess.Popen(tune_cmd(cfg, tmp_path, "usr1", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, cwd=tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
-        if any(v == "TERMINATED" for v in trial_statuses(exp).values()):
+        if any(len(r) >= 2 for r in results_by_trial(exp).values()):  # the first trial is under way
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     p.send_signal(signal.SIGUSR1)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 75, out[-3000:]
     assert "Resume with: python tune_main.py --resume --experiment-name usr1" in out
     assert not (exp / "summary.json").exists()
-    proc = subprocess.run(tune_cmd(cfg, tmp_path, "usr1", "--resume"), capture_output=True, text=True, timeout=400,
-                          cwd=tmp_path)
+    meta_before = json.loads((exp / "sweep_meta.json").read_text())
+    bare = [sys.executable, str(ROOT / "tune_main.py"), "--resume", "--experiment-name", "usr1",
+            "--storage-path", str(tmp_path / "store"), "--no-dashboard"]
+    # a flag that contradicts the stored setting is refused, naming both values, and changes nothing
+    bad = subprocess.run([*bare, "--episodes", "6"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2, bad.stdout[-2000:] + bad.stderr[-2000:]
+    assert bad.stderr.count("\n") == 1 and "train.episodes=6" in bad.stderr and "30" in bad.stderr, bad.stderr
+    assert json.loads((exp / "sweep_meta.json").read_text()) == meta_before
+    # the same value again is fine; so is a new placement setting
+    proc = subprocess.run([*bare, "--episodes", "30", "--max-concurrent", "2"], capture_output=True, text=True,
+                          timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (exp / "summary.json").exists()
+    rows = list(csv.DictReader((exp / "trials.csv").open()))
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)  # the 2 x 2 grid, not 8 samples
+    assert max(int(r["episodes"]) for r in rows) == 30
+    meta = json.loads((exp / "sweep_meta.json").read_text())
+    assert meta["base_config"] == meta_before["base_config"] and meta["sweep"]["search"] == "grid"
+    assert meta["resumed"][-1]["max_concurrent"] == 2

@@ -14,8 +14,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from dqlray.notify.credentials import SmtpConfig
+from dqlray.notify.messages import html_to_plain
 from dqlray.notify.redact import redact
-from dqlray.notify.telegram import html_to_plain
 
 ATTACHMENT_MAX_BYTES = 5 * 1024 * 1024
 
@@ -24,44 +24,34 @@ class EmailError(Exception):
     """Sending the fallback email failed (message redacted)."""
 
 
-def build_email(cfg: SmtpConfig, text_html: str, *, subject: str | None = None,
-                attachments: Iterable[str] = (), secrets: Iterable[str | None] = ()) -> EmailMessage:
-    """An email with the plain text, an HTML alternative, and the picture attachments that exist and are small."""
-    secrets = tuple(secrets)
-    body_html = redact(text_html, secrets)
+def build_email(cfg: SmtpConfig, text_html: str, *, attachments: Iterable[str] = (),
+                secrets: Iterable[str | None] = ()) -> EmailMessage:
+    """An email with the plain text (its first line the subject), an HTML alternative, and the picture attachments
+    that exist and are small."""
+    body_html = redact(text_html, tuple(secrets))
     plain = html_to_plain(body_html)
-    first = next((line.strip() for line in plain.splitlines() if line.strip()), "dqlray notification")
     msg = EmailMessage()
-    msg["Subject"] = redact(subject or first, secrets)[:150]
-    msg["From"] = cfg.sender
-    msg["To"] = ", ".join(cfg.recipients)
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="dqlray.local")
+    msg["Subject"] = next((line.strip() for line in plain.splitlines() if line.strip()), "dqlray notification")[:150]
+    msg["From"], msg["To"] = cfg.sender, ", ".join(cfg.recipients)
+    msg["Date"], msg["Message-ID"] = formatdate(localtime=True), make_msgid(domain="dqlray.local")
     msg.set_content(plain)
-    msg.add_alternative(
-        "<html><body><div style=\"font-family: sans-serif; white-space: pre-wrap\">"
-        + body_html.replace("\n", "<br>\n")
-        + "</div></body></html>",
-        subtype="html",
-    )
-    for item in attachments:
-        path = Path(item)
+    msg.add_alternative("<html><body><div style=\"font-family: sans-serif; white-space: pre-wrap\">"
+                        + body_html.replace("\n", "<br>\n") + "</div></body></html>", subtype="html")
+    for path in map(Path, attachments):
         try:
-            if not path.is_file() or path.stat().st_size > ATTACHMENT_MAX_BYTES:
-                continue
-            data = path.read_bytes()
+            if path.is_file() and path.stat().st_size <= ATTACHMENT_MAX_BYTES:
+                msg.add_attachment(path.read_bytes(), maintype="image", filename=path.name,
+                                   subtype="png" if path.suffix.lower() == ".png" else "jpeg")
         except OSError:
             continue
-        subtype = "png" if path.suffix.lower() == ".png" else "jpeg"
-        msg.add_attachment(data, maintype="image", subtype=subtype, filename=path.name)
     return msg
 
 
-def send_email(cfg: SmtpConfig, text_html: str, *, subject: str | None = None,
-               attachments: Iterable[str] = (), secrets: Iterable[str | None] = ()) -> None:
+def send_email(cfg: SmtpConfig, text_html: str, *, attachments: Iterable[str] = (),
+               secrets: Iterable[str | None] = ()) -> None:
     """Send one fallback email; raise :class:`EmailError` (redacted, ``from None``) on any failure."""
     secrets = (*tuple(secrets), cfg.password or "")
-    msg = build_email(cfg, text_html, subject=subject, attachments=attachments, secrets=secrets)
+    msg = build_email(cfg, text_html, attachments=attachments, secrets=secrets)
     try:
         context = ssl.create_default_context(cafile=cfg.ca_file)  # verification stays on
         smtp: smtplib.SMTP

@@ -1,25 +1,148 @@
-"""Message texts (Telegram HTML). Pure functions: values in, escaped HTML out.
+"""Message texts (Telegram HTML): pure functions, values in, escaped HTML out, each within Telegram's limit.
 
-Every dynamic value goes through :func:`esc` (HTML parse mode needs only ``<``, ``>``, ``&`` escaped, so names such as
-``hp_sweep_lr0.001_g0.99`` render as they are, unlike Markdown). Config dicts are summarized, never dumped: paths,
-nested objects and anything that looks like a credential stay out (``shared/notes/telegram.md``, security checklist).
-Emojis follow the guide: 🚀 start, 📊 progress/dashboard, 💾 checkpoint, ✅ done, ❌ error, ⏰ time limit.
+The one home of message length (issue 15): every builder returns at most :data:`MESSAGE_LIMIT` visible UTF-16 units
+(an emoji outside the BMP counts 2; captions :data:`CAPTION_LIMIT`), cut at line boundaries with tags closed, so no
+sender or client splits again. Every value goes through :func:`esc` (HTML needs only ``<>&`` escaped, so names such as
+``hp_sweep_lr0.001_g0.99`` render as they are, unlike Markdown); config dicts are summarized, never dumped (no paths,
+nested objects or credentials). Emojis: 🚀 start, 📊 progress, 💾 checkpoint, ✅ done, ❌ error, ⏰ time limit.
 """
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dqlray.notify.redact import redact
-from dqlray.notify.telegram import MESSAGE_LIMIT, esc, tail_text, visible_len
 
+MESSAGE_LIMIT = 4096
+"""Most UTF-16 code units in a message's text after entity parsing."""
+CAPTION_LIMIT = 1024
+"""Most UTF-16 code units in a photo caption after entity parsing."""
+
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)\b[^<>]*>")
+_ANY_TAG = re.compile(r"<[^<>]*>")
 _SECRETISH = re.compile(r"(token|secret|passw|credential|api[_-]?key|auth)", re.IGNORECASE)
 _MAX_VALUE_CHARS = 40
+
+def esc(value: object) -> str:
+    """HTML-escape ``str(value)`` for parse_mode HTML (``<``, ``>``, ``&``; quotes are harmless outside attributes)."""
+    return html.escape(str(value), quote=False)
+
+
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units, as Telegram counts it (an emoji outside the BMP counts 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def html_to_plain(text: str) -> str:
+    """What the user sees of an HTML message: tags dropped, entities decoded (also the plain-text fallback)."""
+    return html.unescape(_ANY_TAG.sub("", text))
+
+
+def visible_len(text: str) -> int:
+    """UTF-16 length of ``text`` after entity parsing (what the limits apply to)."""
+    return utf16_len(html_to_plain(text))
+
+
+def _cut_utf16(text: str, units: int) -> str:
+    """The longest prefix of plain ``text`` with at most ``units`` UTF-16 code units (never half a surrogate pair)."""
+    used = 0
+    for i, ch in enumerate(text):
+        used += 2 if ord(ch) > 0xFFFF else 1
+        if used > units:
+            return text[:i]
+    return text
+
+
+def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
+    """The end of plain ``text`` within ``limit`` UTF-16 units, cut at a line boundary where possible.
+
+    For tracebacks: the last lines (the exception and the innermost frames) are the useful ones.
+    """
+    if utf16_len(text) <= limit:
+        return text
+    budget = limit - utf16_len(marker)
+    lines = text.rstrip("\n").split("\n")
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        used += utf16_len(line) + (1 if kept else 0)
+        if used > budget:
+            break
+        kept.append(line)
+    if not kept:  # a single line longer than the budget: keep its end
+        return marker + _cut_utf16(lines[-1][::-1], budget)[::-1]
+    return marker + "\n".join(reversed(kept))
+
+
+def _apply_tags(line: str, stack: list[tuple[str, str]]) -> None:
+    for m in _TAG.finditer(line):
+        name = m.group(2).lower()
+        if not m.group(1):
+            stack.append((name, m.group(0)))
+            continue
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] == name:
+                del stack[i]
+                break
+
+
+def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Split HTML ``text`` into parts of at most ``limit`` visible UTF-16 units each.
+
+    Splits at line boundaries; tags open at a boundary are closed at the end of one part and reopened at the start
+    of the next (a ``<pre>`` block spanning two parts stays a ``<pre>`` block in both). A single line longer than
+    ``limit`` is cut into plain-text pieces. Entities are never cut.
+    """
+    if limit < 16:
+        raise ValueError(f"limit={limit} is too small to split into: use at least 16")
+    if visible_len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    stack: list[tuple[str, str]] = []
+    cur: list[str] = []
+    cur_len = 0
+
+    def close() -> None:
+        nonlocal cur, cur_len
+        if cur:
+            parts.append("\n".join(cur) + "".join(f"</{name}>" for name, _ in reversed(stack)))
+        cur, cur_len = [], 0
+
+    for line in text.split("\n"):
+        n = visible_len(line)
+        if cur and cur_len + 1 + n > limit or n > limit:
+            close()
+        if n > limit:  # cut one over-long line into plain (escaped, tag-free) pieces
+            plain = html_to_plain(line)
+            while plain:
+                piece = _cut_utf16(plain, limit)
+                parts.append(esc(piece))
+                plain = plain[len(piece):]
+        elif not cur:
+            cur, cur_len = ["".join(tag for _, tag in stack) + line], n
+        else:
+            cur.append(line)
+            cur_len += 1 + n
+        _apply_tags(line, stack)
+    close()
+    return [p for p in parts if html_to_plain(p).strip()]
+
+
+def truncate_html(text: str, limit: int = MESSAGE_LIMIT, marker: str = "\n… (truncated)") -> str:
+    """``text`` cut to at most ``limit`` visible units at a line boundary, tags closed, ``marker`` appended."""
+    if visible_len(text) <= limit:
+        return text
+    return split_html(text, limit - utf16_len(marker))[0] + esc(marker)
+
+
+def _message(*lines: str | None) -> str:
+    """A builder's lines, empty ones left out, as one message within the limit (the one place that enforces it)."""
+    return truncate_html("\n".join(line for line in lines if line))
 
 
 def fmt_num(value: Any) -> str:
@@ -34,24 +157,21 @@ def fmt_num(value: Any) -> str:
         x = float(value)
     except (TypeError, ValueError):
         return str(value)
-    if math.isnan(x) or math.isinf(x):
+    if not math.isfinite(x):
         return "n/a" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x == int(x) and abs(x) < 1e15 and abs(x) >= 1:
+    if x == int(x) and 1 <= abs(x) < 1e15:
         return f"{int(x):,}"
     return f"{x:.4g}"
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``1h 02m``, ``3m 05s``, ``12s``; ``n/a`` when unknown."""
+    """``1d 02h``, ``1h 02m``, ``3m 05s``, ``12s``; ``n/a`` when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "n/a"
     s = int(round(seconds))
-    if s >= 86400:
-        return f"{s // 86400}d {s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
+    for unit, sub, big, small in ((86400, 3600, "d", "h"), (3600, 60, "h", "m"), (60, 1, "m", "s")):
+        if s >= unit:
+            return f"{s // unit}{big} {s % unit // sub:02d}{small}"
     return f"{s}s"
 
 
@@ -60,9 +180,7 @@ def _short(value: Any) -> str | None:
     if isinstance(value, (bool, int, float)) or value is None:
         return fmt_num(value)
     if isinstance(value, str):
-        if "/" in value or "\\" in value or len(value) > _MAX_VALUE_CHARS:
-            return None
-        return value
+        return None if "/" in value or "\\" in value or len(value) > _MAX_VALUE_CHARS else value
     if isinstance(value, (list, tuple)) and len(value) <= 6 and all(isinstance(v, (int, float)) for v in value):
         return "[" + ", ".join(fmt_num(v) for v in value) + "]"
     return None
@@ -70,16 +188,11 @@ def _short(value: Any) -> str | None:
 
 def summarize_config(config: Mapping[str, Any] | None, max_items: int = 12) -> list[tuple[str, str]]:
     """``(name, value)`` pairs of a config: scalars only, one level of nesting flattened, credentials left out."""
-    if not config:
-        return []
     out: list[tuple[str, str]] = []
-    for key, value in config.items():
-        items = value.items() if isinstance(value, Mapping) else [(None, value)]
-        for sub, v in items:
+    for key, value in (config or {}).items():
+        for sub, v in value.items() if isinstance(value, Mapping) else [(None, value)]:
             name = f"{key}.{sub}" if sub is not None else str(key)
-            if _SECRETISH.search(name):
-                continue
-            shown = _short(v)
+            shown = None if _SECRETISH.search(name) else _short(v)
             if shown is not None:
                 out.append((name, shown))
     if len(out) > max_items:
@@ -87,9 +200,8 @@ def summarize_config(config: Mapping[str, Any] | None, max_items: int = 12) -> l
     return out
 
 
-def config_inline(config: Mapping[str, Any] | None, max_items: int = 6) -> str:
-    """``lr=0.001 gamma=0.99`` (escaped) for one-line trial descriptions."""
-    return esc(" ".join(f"{k}={v}" for k, v in summarize_config(config, max_items)))
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def _header(emoji: str, title: str, experiment: str) -> str:
@@ -107,37 +219,33 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "<pre>" + esc("\n".join(lines)) + "</pre>"
 
 
-def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None = None,
-                  agent_label: str = "agent", baseline_label: str = "buy&hold") -> str:
-    """Metrics side by side with the baseline (buy-and-hold), one row per metric."""
-    if not metrics:
-        return ""
-    baseline = baseline or {}
-    rows: list[list[str]] = [["metric", agent_label] + ([baseline_label] if baseline else [])]
-    for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        row = [str(key), fmt_num(value)]
-        if baseline:
-            row.append(fmt_num(baseline.get(key)))
-        rows.append(row)
+def metrics_table(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The agent's metrics with one column per baseline (``{"buy&hold": {...}, "linear probe": {...}}``)."""
+    baselines = baselines or {}
+    rows = [["metric", "agent", *baselines]]
+    for key, value in (metrics or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append([str(key), fmt_num(value), *(fmt_num(b.get(key)) for b in baselines.values())])
     return _table(rows) if len(rows) > 1 else ""
 
 
-# ------------------------------------------------------------------------------------------------ single run ---
+def _results(label: str, metrics: Mapping[str, Any] | None, baselines: Mapping[str, Mapping[str, Any]] | None,
+             statement: str, figures: Mapping[str, Any] | None) -> list[str]:
+    """The test result: metrics against each baseline, then the verdict as data (a sentence and its numbers)."""
+    table = metrics_table(metrics or {}, baselines)
+    return [*([label, table] if table else []), f"<b>{esc(statement)}</b>" if statement else "",
+            *(f"{esc(k)}: {esc(fmt_num(v))}" for k, v in (figures or {}).items())]
+
+
+def _duration(elapsed_s: float | None) -> str | None:
+    return f"Duration: {fmt_duration(elapsed_s)}" if elapsed_s is not None else None
 
 
 def run_start(experiment: str, *, agent_type: str, episodes: int, data_file: str,
               context: Mapping[str, Any] | None = None) -> str:
     """🚀 a training run started."""
-    lines = [
-        _header("🚀", "Training started", experiment),
-        f"Agent: {esc(agent_type)}",
-        f"Episodes: {fmt_num(episodes)}",
-        f"Data: <code>{esc(data_file)}</code>",
-        *_context_lines(context),
-    ]
-    return "\n".join(lines)
+    return _message(_header("🚀", "Training started", experiment), f"Agent: {esc(agent_type)}",
+                    f"Episodes: {fmt_num(episodes)}", f"Data: <code>{esc(data_file)}</code>", *_context_lines(context))
 
 
 def run_progress(experiment: str, *, episode: int, total: int, mean_reward: float | None = None,
@@ -145,48 +253,33 @@ def run_progress(experiment: str, *, episode: int, total: int, mean_reward: floa
                  eta_s: float | None = None, extra: Mapping[str, Any] | None = None) -> str:
     """📊 progress of a run (one message, edited in place)."""
     pct = 100.0 * episode / total if total else float("nan")
-    lines = [
-        _header("📊", "Progress", experiment),
-        f"Episode: {fmt_num(episode)}/{fmt_num(total)} ({pct:.1f}%)",
-    ]
-    for label, value in (("Mean reward", mean_reward), ("Loss", loss), ("Epsilon", epsilon)):
-        if value is not None:
-            lines.append(f"{label}: {fmt_num(value)}")
-    for k, v in (extra or {}).items():
-        lines.append(f"{esc(k)}: {esc(fmt_num(v))}")
-    if elapsed_s is not None:
-        lines.append(f"Elapsed: {fmt_duration(elapsed_s)}" + (f" · ETA {fmt_duration(eta_s)}" if eta_s else ""))
-    return "\n".join(lines)
+    values = (("Mean reward", mean_reward), ("Loss", loss), ("Epsilon", epsilon), *(extra or {}).items())
+    return _message(_header("📊", "Progress", experiment), f"Episode: {fmt_num(episode)}/{fmt_num(total)} ({pct:.1f}%)",
+                    *(f"{esc(label)}: {esc(fmt_num(v))}" for label, v in values if v is not None),
+                    f"Elapsed: {fmt_duration(elapsed_s)}" + (f" · ETA {fmt_duration(eta_s)}" if eta_s else "")
+                    if elapsed_s is not None else None)
 
 
 def run_checkpoint(experiment: str, *, episode: int, path: str, total: int | None = None) -> str:
     """💾 a checkpoint was saved."""
     ep = f"{fmt_num(episode)}/{fmt_num(total)}" if total else fmt_num(episode)
-    lines = [_header("💾", "Checkpoint saved", experiment), f"Episode: {ep}", f"Path: <code>{esc(path)}</code>"]
-    return "\n".join(lines)
+    return _message(_header("💾", "Checkpoint saved", experiment), f"Episode: {ep}", f"Path: <code>{esc(path)}</code>")
 
 
 def run_finished(experiment: str, *, final_reward: float | None, test_metrics: Mapping[str, Any] | None,
-                 baseline_metrics: Mapping[str, Any] | None, model_path: str | None,
+                 baselines: Mapping[str, Mapping[str, Any]] | None, model_path: str | None,
+                 statement: str = "", figures: Mapping[str, Any] | None = None,
                  elapsed_s: float | None = None) -> str:
-    """✅ a run finished: final reward, test metrics against buy-and-hold, model path."""
-    lines = [_header("✅", "Training finished", experiment)]
-    if final_reward is not None:
-        lines.append(f"Final reward: {fmt_num(final_reward)}")
-    table = metrics_table(test_metrics or {}, baseline_metrics)
-    if table:
-        lines.append("Test set:")
-        lines.append(table)
-    if model_path:
-        lines.append(f"Model: <code>{esc(model_path)}</code>")
-    if elapsed_s is not None:
-        lines.append(f"Duration: {fmt_duration(elapsed_s)}")
-    return "\n".join(lines)
+    """✅ a run finished: final reward, test metrics against each baseline, the verdict, model path."""
+    return _message(_header("✅", "Training finished", experiment),
+                    f"Final reward: {fmt_num(final_reward)}" if final_reward is not None else None,
+                    *_results("Test set:", test_metrics, baselines, statement, figures),
+                    f"Model: <code>{esc(model_path)}</code>" if model_path else None, _duration(elapsed_s))
 
 
-def format_traceback(exc: BaseException) -> str:
-    """The full traceback text of ``exc`` (chained causes included)."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def caption(title: str, experiment: str) -> str:
+    """A picture's caption (within the caption limit)."""
+    return truncate_html(f"📈 {esc(title)} · <code>{esc(experiment)}</code>", CAPTION_LIMIT)
 
 
 def error_message(experiment: str, exc: BaseException | str, *, title: str = "Training failed",
@@ -195,114 +288,67 @@ def error_message(experiment: str, exc: BaseException | str, *, title: str = "Tr
     secrets = tuple(secrets)
     if isinstance(exc, BaseException):
         summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        tb = format_traceback(exc)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     else:
         summary, tb = str(exc).strip().splitlines()[-1] if str(exc).strip() else "error", str(exc)
     summary = redact(summary, secrets).splitlines()[0] if summary else "error"
-    if len(summary) > 300:
-        summary = summary[:300] + "…"
+    summary = summary if len(summary) <= 300 else summary[:300] + "…"
     head = "\n".join([_header("❌", title, experiment), *_context_lines(context), f"<b>{esc(summary)}</b>"])
-    budget = MESSAGE_LIMIT - visible_len(head) - 8
-    tail = tail_text(redact(tb, secrets).rstrip(), max(200, budget))
-    return head + "\n<pre>" + esc(tail) + "</pre>"
+    tail = tail_text(redact(tb, secrets).rstrip(), max(200, MESSAGE_LIMIT - visible_len(head) - 8))
+    return _message(head, "<pre>" + esc(tail) + "</pre>")
 
 
 def time_limit_message(experiment: str, *, reason: str = "", last_episode: int | None = None,
                        total: int | None = None, last_checkpoint: str | None = None) -> str:
     """⏰ the job hit its time limit (or got SIGTERM); where it got to and the last checkpoint."""
-    lines = [_header("⏰", "Time limit reached", experiment)]
-    if reason:
-        lines.append(esc(reason))
-    if last_episode is not None:
-        lines.append(f"Last episode: {fmt_num(last_episode)}" + (f"/{fmt_num(total)}" if total else ""))
-    if last_checkpoint:
-        lines.append(f"Last checkpoint: <code>{esc(last_checkpoint)}</code>")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------------ sweep ---
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One line of the dashboard's top-trials table."""
-
-    trial_id: str
-    metric: float | None
-    metric_std: float | None
-    val_return: float | None
-    env_steps: int | None
-    status: str
-    config: Mapping[str, Any]
+    return _message(_header("⏰", "Time limit reached", experiment), esc(reason),
+                    f"Last episode: {fmt_num(last_episode)}" + (f"/{fmt_num(total)}" if total else "")
+                    if last_episode is not None else None,
+                    f"Last checkpoint: <code>{esc(last_checkpoint)}</code>" if last_checkpoint else None)
 
 
 _STATUS_MARK = {"running": "▶", "finished": "✓", "stopped": "✂", "errored": "✗", "pending": "…"}
 
 
+def _config(label: str, config: Mapping[str, Any]) -> list[str]:
+    pairs = summarize_config(config)
+    return [label, _table(pairs)] if pairs else []
+
+
 def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | None,
                 space_summary: Mapping[str, Any] | str | None, resources: Mapping[str, Any] | str | None,
-                max_t: int | None = None, context: Mapping[str, Any] | None = None,
-                time_attr: str = "env_steps") -> str:
-    """🚀 a sweep started: search space, number of samples, cluster resources."""
-    lines = [
-        _header("🚀", "Sweep started", experiment),
-        f"Trials: {fmt_num(num_samples) if num_samples and num_samples > 0 else 'open-ended'}"
-        f" · metric <code>{esc(metric)}</code> ({esc(mode)})",
-    ]
-    if max_t:
-        unit = {"env_steps": "env steps", "episodes": "episodes"}.get(time_attr, time_attr)
-        lines.append(f"Budget per trial: {fmt_num(max_t)} {esc(unit)} (ASHA)")
+                max_t: int | None = None, context: Mapping[str, Any] | None = None) -> str:
+    """🚀 a sweep started: search space, number of samples, budget per trial in episodes, cluster resources."""
     if isinstance(space_summary, str):
-        lines.append(f"Search space: {esc(space_summary)}")
-    elif space_summary:
-        lines.append("Search space:")
-        for k, v in list(space_summary.items())[:16]:
-            text = str(v)
-            text = text if len(text) <= 80 else text[:79] + "…"
-            lines.append(f"• {esc(k)}: {esc(text)}")
-    if isinstance(resources, str):
-        lines.append(f"Cluster: {esc(resources)}")
-    elif resources:
-        lines.append("Cluster: " + esc(", ".join(f"{fmt_num(v)} {k}" for k, v in resources.items())))
-    lines.extend(_context_lines(context))
-    return "\n".join(lines)
+        space = [f"Search space: {esc(space_summary)}"]
+    else:
+        items = list((space_summary or {}).items())[:16]
+        space = ["Search space:", *(f"• {esc(k)}: {esc(_clip(str(v), 80))}" for k, v in items)] if items else []
+    cluster = resources if isinstance(resources, str) else ", ".join(
+        f"{fmt_num(v)} {k}" for k, v in (resources or {}).items())
+    return _message(_header("🚀", "Sweep started", experiment),
+                    f"Trials: {fmt_num(num_samples) if num_samples and num_samples > 0 else 'open-ended'}"
+                    f" · metric <code>{esc(metric)}</code> ({esc(mode)})",
+                    f"Budget per trial: {fmt_num(max_t)} episodes (ASHA)" if max_t else None, *space,
+                    f"Cluster: {esc(cluster)}" if cluster else None, *_context_lines(context))
 
 
 def sweep_dashboard(experiment: str, *, metric: str, mode: str, counts: Mapping[str, int],
-                    top: Sequence[TrialRow], elapsed_s: float | None, eta_s: float | None,
+                    top: Sequence[tuple[str, Mapping[str, Any]]], elapsed_s: float | None, eta_s: float | None,
                     updated: str | None = None, final: bool = False) -> str:
-    """📊 the live dashboard: status counts, top trials, best config, elapsed and estimated remaining time."""
-    title = "Sweep finished (trials)" if final else "Sweep dashboard"
-    lines = [_header("📊", title, experiment)]
-    lines.append(
-        f"▶ running {counts.get('running', 0)} · ✓ finished {counts.get('finished', 0)} · "
-        f"✂ stopped by ASHA {counts.get('stopped', 0)} · ✗ errored {counts.get('errored', 0)} · "
-        f"… pending {counts.get('pending', 0)}"
-    )
-    if top:
-        rows = [["", "trial", metric, "±std", "val_ret", "steps"]]
-        for r in top:
-            rows.append([
-                _STATUS_MARK.get(r.status, "?"), r.trial_id, fmt_num(r.metric),
-                fmt_num(r.metric_std) if r.metric_std is not None else "",
-                fmt_num(r.val_return) if r.val_return is not None else "",
-                fmt_num(r.env_steps) if r.env_steps is not None else "",
-            ])
-        lines.append(f"Top {len(top)} by <code>{esc(metric)}</code> ({esc(mode)}):")
-        lines.append(_table(rows))
-        best = summarize_config(top[0].config)
-        if best:
-            lines.append(f"Best config ({esc(top[0].trial_id)}):")
-            lines.append(_table([[k, v] for k, v in best]))
-    else:
-        lines.append("No results yet.")
-    timing = f"Elapsed: {fmt_duration(elapsed_s)}"
-    if not final:
-        timing += f" · remaining ≈ {fmt_duration(eta_s)}"
-    lines.append(timing)
-    if updated:
-        lines.append(f"<i>updated {esc(updated)}</i>")
-    return "\n".join(lines)
+    """📊 the live dashboard: status counts, the ``top`` trials (id and ``status``, ``metric``, ``std``,
+    ``val_return``, ``episodes``, ``config``), the best config, elapsed and estimated remaining time."""
+    rows = [["", "trial", metric, "±std", "val_ret", "episodes"]] + [
+        [_STATUS_MARK.get(t["status"], "?"), tid, fmt_num(t["metric"]),
+         *("" if t.get(k) is None else fmt_num(t[k]) for k in ("std", "val_return", "episodes"))] for tid, t in top]
+    table = [f"Top {len(top)} by <code>{esc(metric)}</code> ({esc(mode)}):", _table(rows),
+             *_config(f"Best config ({esc(top[0][0])}):", top[0][1].get("config") or {})] if top else ["No results yet."]
+    return _message(_header("📊", "Sweep finished (trials)" if final else "Sweep dashboard", experiment),
+                    f"▶ running {counts.get('running', 0)} · ✓ finished {counts.get('finished', 0)} · "
+                    f"✂ stopped by ASHA {counts.get('stopped', 0)} · ✗ errored {counts.get('errored', 0)} · "
+                    f"… pending {counts.get('pending', 0)}", *table,
+                    f"Elapsed: {fmt_duration(elapsed_s)}" + ("" if final else f" · remaining ≈ {fmt_duration(eta_s)}"),
+                    f"<i>updated {esc(updated)}</i>" if updated else None)
 
 
 def sweep_errors(experiment: str, errors: Sequence[tuple[str, Mapping[str, Any], str]], *,
@@ -310,40 +356,26 @@ def sweep_errors(experiment: str, errors: Sequence[tuple[str, Mapping[str, Any],
     """❌ one digest for a burst of errored trials: one line each, and the traceback tail of the first."""
     secrets = tuple(secrets)
     n = len(errors)
-    title = f"{n} trial{'s' if n != 1 else ''} errored"
-    lines = [_header("❌", title, experiment), f"Errored so far: {total_errored}"]
+    lines = [_header("❌", f"{n} trial{'s' if n != 1 else ''} errored", experiment), f"Errored so far: {total_errored}"]
     for trial_id, config, last_line in errors[:10]:
         msg = redact(last_line, secrets)
-        msg = msg if len(msg) <= 160 else msg[:159] + "…"
-        cfg = config_inline(config, 4)
-        lines.append(f"• <code>{esc(trial_id)}</code> {cfg}: {esc(msg)}")
-    if n > 10:
-        lines.append(f"… and {n - 10} more")
-    head = "\n".join(lines)
-    if tail:
-        budget = MESSAGE_LIMIT - visible_len(head) - 40
-        if budget > 200:
-            head += f"\nFirst traceback ({esc(errors[0][0])}):\n<pre>" + esc(tail_text(redact(tail, secrets),
-                                                                                    budget)) + "</pre>"
-    return head
+        cfg = esc(" ".join(f"{k}={v}" for k, v in summarize_config(config, 4)))
+        lines.append(f"• <code>{esc(trial_id)}</code> {cfg}: {esc(_clip(msg, 160))}")
+    lines += [f"… and {n - 10} more"] if n > 10 else []
+    budget = MESSAGE_LIMIT - visible_len("\n".join(lines)) - 40
+    if tail and budget > 200:
+        lines.append(f"First traceback ({esc(errors[0][0])}):\n<pre>"
+                     + esc(tail_text(redact(tail, secrets), budget)) + "</pre>")
+    return _message(*lines)
 
 
-def sweep_finished(experiment: str, *, best_config: Mapping[str, Any], test_metrics: Mapping[str, Any],
-                   baseline_metrics: Mapping[str, Any] | None, deflated_sharpe: float | None, n_trials: int,
+def sweep_finished(experiment: str, *, best_config: Mapping[str, Any], test_metrics: Mapping[str, Any] | None,
+                   baselines: Mapping[str, Mapping[str, Any]] | None, deflated_sharpe: float | None, n_trials: int,
+                   statement: str = "", figures: Mapping[str, Any] | None = None,
                    elapsed_s: float | None = None) -> str:
-    """✅ a sweep finished: the winner's config, its test result against buy-and-hold, the deflated Sharpe."""
-    lines = [_header("✅", "Sweep finished", experiment), f"Trials: {fmt_num(n_trials)}"]
-    best = summarize_config(best_config)
-    if best:
-        lines.append("Best config:")
-        lines.append(_table([[k, v] for k, v in best]))
-    table = metrics_table(test_metrics or {}, baseline_metrics)
-    if table:
-        lines.append("Winner on the test set:")
-        lines.append(table)
-    if deflated_sharpe is not None:
-        lines.append(f"Deflated Sharpe ratio: {fmt_num(deflated_sharpe)} (probability the Sharpe is real after "
-                     f"{fmt_num(n_trials)} trials)")
-    if elapsed_s is not None:
-        lines.append(f"Duration: {fmt_duration(elapsed_s)}")
-    return "\n".join(lines)
+    """✅ a sweep finished: the winner's config, its test result against each baseline, the verdict, the DSR."""
+    return _message(_header("✅", "Sweep finished", experiment), f"Trials: {fmt_num(n_trials)}",
+                    *_config("Best config:", best_config),
+                    *_results("Winner on the test set:", test_metrics, baselines, statement, figures),
+                    f"Deflated Sharpe ratio: {fmt_num(deflated_sharpe)} (probability the Sharpe is real after "
+                    f"{fmt_num(n_trials)} trials)" if deflated_sharpe is not None else None, _duration(elapsed_s))

@@ -8,18 +8,22 @@ this package writes (log records, exception texts, spool files, fallback emails,
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-#: A Telegram bot token: numeric bot id, colon, at least 30 URL-safe characters.
 TOKEN_PATTERN = re.compile(r"\d+:[A-Za-z0-9_-]{30,}")
-
-#: What a secret is replaced by.
+"""A Telegram bot token: numeric bot id, colon, at least 30 URL-safe characters."""
 MASK = "<redacted>"
-
-#: Loggers that print request URLs (and so the token) at DEBUG level.
+"""What a secret is replaced by."""
 URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests")
+"""Loggers that print request URLs (and so the token) at DEBUG level."""
+LOGGER_NAME = "dqlray.notify"
+"""This package's logger."""
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
@@ -45,12 +49,8 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         super().__init__()
-        self._secrets: set[str] = {s for s in secrets if s}
-
-    def add_secret(self, secret: str | None) -> None:
-        """Also mask ``secret`` literally from now on."""
-        if secret:
-            self._secrets.add(secret)
+        self.secrets: set[str] = {s for s in secrets if s}
+        """Literal secrets masked (besides anything shaped like a bot token)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact ``record`` in place; never drops it."""
@@ -58,14 +58,11 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a malformed record: keep its raw parts, still redacted
             message = f"{record.msg} {record.args}"
-        record.msg = redact(message, self._secrets)
-        record.args = None
+        record.msg, record.args = redact(message, self.secrets), None
         if record.exc_info and record.exc_info[0] is not None:
-            formatted = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(formatted, self._secrets)
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = redact(record.exc_text, self._secrets)
+            record.exc_text, record.exc_info = logging.Formatter().formatException(record.exc_info), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
         return True
 
 
@@ -79,7 +76,23 @@ def install_log_redaction(secrets: Iterable[str | None] = (), loggers: Iterable[
         logger = logging.getLogger(name)
         existing = next((f for f in logger.filters if isinstance(f, RedactingFilter)), None)
         if existing is None:
-            existing = RedactingFilter()
-            logger.addFilter(existing)
-        for secret in secrets:
-            existing.add_secret(secret)
+            logger.addFilter(existing := RedactingFilter())
+        existing.secrets.update(s for s in secrets if s)
+
+
+def never_raises(method: F) -> F:
+    """The one never-raises rule for notification methods (issue 15): an exception is logged as a redacted warning
+    and the method returns None, because a notification must never hurt training (notify-run#30 crashed a day-long
+    run). The instance's ``secrets`` (if any) are masked literally."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            logging.getLogger(LOGGER_NAME).warning(
+                "notification %s skipped: %s", method.__name__,
+                redact(f"{type(exc).__name__}: {exc}", getattr(self, "secrets", ())))
+            return None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,25 +1,25 @@
 """On-disk spool for messages that could not reach Telegram (compute nodes often have no internet).
 
-Layout: one JSON file per message in a 0700 directory, each file 0600, written atomically (temporary file in the same
-directory, fsync, ``os.replace``). The file name is ``<created_ns>-<event id>.json``, so spooling the same event twice
-overwrites one file instead of duplicating it. ``dqlray notify relay`` drains it from a node that can reach Telegram:
-each file is *claimed* by an atomic rename to ``.sending`` (two relays never send the same file), deleted after
-delivery, renamed back after a failure. Contents are redacted before they touch the disk.
+One JSON file per message, ``<created_ns>-<event id>.json`` (spooling an event twice writes one file), with copies of
+its pictures beside it, so that the relay can run elsewhere and later (issue 13 item 5); 0600 files in a 0700 folder
+whatever the umask (item 6), written atomically, contents redacted. ``dqlray notify relay`` claims a file by an atomic
+rename to ``.sending`` (two relays never send the same file), deletes it after delivery, renames it back on failure.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from dqlray.notify.credentials import NotifyConfigError
+from dqlray.errors import ConfigError
 from dqlray.notify.redact import redact
 
 SPOOL_VERSION = 1
@@ -27,20 +27,14 @@ SPOOL_VERSION = 1
 
 @dataclass(frozen=True)
 class SpoolEntry:
-    """One spooled message."""
+    """One spooled message; picture paths are absolute (the relay says when one is missing)."""
 
     path: Path
-    """The claimed file (``.sending``) or the queued one (``.json``)."""
     text: str
-    """HTML text, redacted."""
     silent: bool
-    """Send without a notification sound."""
     photo_path: str | None
-    """Send as a photo with ``text`` as caption (when the file still exists)."""
     attachments: tuple[str, ...]
-    """Pictures to send after the text (the equity curve)."""
     created: float
-    """Unix time the event was created."""
 
 
 class Spool:
@@ -50,71 +44,80 @@ class Spool:
         self.directory = Path(directory).expanduser()
         self._secrets = tuple(s for s in secrets if s)
 
-    def __repr__(self) -> str:
-        return f"Spool({str(self.directory)!r})"
-
     def ensure_dir(self) -> Path:
-        """Create the directory 0700 (parents too); tighten it to 0700 if it is ours but looser; refuse if not ours."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the directory and missing parents 0700 whatever the umask (as the XDG spec asks); tighten it to
+        0700 if it is ours but looser; refuse it if it is not ours."""
+        for d in [*reversed(self.directory.parents), self.directory]:
+            if not d.exists():
+                d.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
         st = self.directory.stat()
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            raise NotifyConfigError(
-                f"refusing spool directory {self.directory}: owned by uid {st.st_uid}, not you; "
-                "set DQLRAY_NOTIFY_SPOOL or spool_dir to a directory of your own"
-            )
+            raise ConfigError(f"refusing spool directory {self.directory}: owned by uid {st.st_uid}, not you; "
+                              "set DQLRAY_NOTIFY_SPOOL or spool_dir to a directory of your own")
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(self.directory, 0o700)
         return self.directory
 
-    def put(self, *, event_id: str, created: float, text: str, silent: bool = False,
-            photo_path: str | None = None, attachments: Iterable[str] = ()) -> Path:
-        """Write one message atomically (0600); return its path. Same ``event_id`` and ``created`` -> same file."""
-        directory = self.ensure_dir()
-        record: dict[str, Any] = {
-            "version": SPOOL_VERSION,
-            "id": event_id,
-            "created": created,
-            "text": redact(text, self._secrets),
-            "silent": bool(silent),
-            "photo_path": photo_path,
-            "attachments": list(attachments),
-        }
-        safe_id = "".join(c for c in event_id if c.isalnum() or c in "-_")[:64] or "event"
-        final = directory / f"{int(created * 1e9):020d}-{safe_id}.json"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")  # mkstemp creates 0600
+    @staticmethod
+    def _write(final: Path, write: Callable[[IO[bytes]], Any]) -> None:
+        """Write ``final`` atomically, 0600 whatever the umask, and durably (file and rename fsynced)."""
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".part")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(record, fh, ensure_ascii=False)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            Path(tmp).unlink(missing_ok=True)
             raise
-        try:  # make the rename durable too
-            dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            dir_fd = os.open(final.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError:
             pass
+
+    def _keep_picture(self, stem: str, i: int, src: str) -> str:
+        """Copy picture ``src`` into the spool; its file name there, or ``src`` made absolute if it cannot be read
+        (the relay then reports it missing)."""
+        name = f"{stem}.{i}{Path(src).suffix.lower()}"
+        try:
+            with open(src, "rb") as fh_in:
+                self._write(self.directory / name, lambda fh: shutil.copyfileobj(fh_in, fh))
+        except OSError:
+            return os.path.abspath(src)
+        return name
+
+    def put(self, *, event_id: str, created: float, text: str, silent: bool = False,
+            photo_path: str | None = None, attachments: Iterable[str] = ()) -> Path:
+        """Write one message (and copies of its pictures); return its path. Same ``event_id`` and ``created`` ->
+        same file."""
+        directory = self.ensure_dir()
+        safe_id = "".join(c for c in event_id if c.isalnum() or c in "-_")[:64] or "event"
+        stem = f"{int(created * 1e9):020d}-{safe_id}"
+        pictures = [self._keep_picture(stem, i, p) for i, p in enumerate([photo_path or "", *attachments]) if p]
+        record = {"version": SPOOL_VERSION, "id": event_id, "created": created, "text": redact(text, self._secrets),
+                  "silent": bool(silent), "photo_path": pictures.pop(0) if photo_path else None,
+                  "attachments": pictures}
+        final = directory / f"{stem}.json"
+        self._write(final, lambda fh: fh.write(json.dumps(record, ensure_ascii=False).encode("utf-8")))
         return final
+
+    def _glob(self, pattern: str) -> list[Path]:
+        return sorted(self.directory.glob(pattern)) if self.directory.is_dir() else []
 
     def pending(self) -> list[Path]:
         """Queued files, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(self.directory.glob("*.json"))
+        return self._glob("*.json")
 
     def claimed(self) -> list[Path]:
         """Files claimed by a relay that has not finished (it may still be running, or have died mid-send)."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(self.directory.glob("*.sending"))
+        return self._glob("*.sending")
 
     def claim(self, path: Path) -> Path | None:
         """Atomically take ``path`` for sending; ``None`` if another relay took it first."""
@@ -129,18 +132,19 @@ class Spool:
         """Give a claimed file back (delivery failed; a later relay retries it)."""
         os.rename(claimed, claimed.with_suffix(".json"))
 
-    def done(self, claimed: Path) -> None:
-        """Delete a delivered file."""
+    def done(self, claimed: Path, *, pictures: bool = True) -> None:
+        """Delete a delivered file, and its pictures unless ``pictures`` is False (the relay still sends them)."""
         claimed.unlink(missing_ok=True)
+        for picture in self.directory.glob(f"{claimed.stem}.[0-9]*") if pictures else ():
+            picture.unlink(missing_ok=True)
 
     def reclaim_stale(self, older_than_s: float = 3600.0) -> int:
         """Rename ``.sending`` files older than ``older_than_s`` back to ``.json`` (a relay died mid-send; its
         message may have gone out, so this risks one duplicate rather than a loss). Returns how many."""
         n = 0
-        now = time.time()
         for path in self.claimed():
             try:
-                if now - path.stat().st_mtime >= older_than_s:
+                if time.time() - path.stat().st_mtime >= older_than_s:
                     self.release(path)
                     n += 1
             except OSError:
@@ -153,11 +157,8 @@ class Spool:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or "text" not in data:
             raise ValueError(f"spool file {path} is not a dqlray notify message")
-        return SpoolEntry(
-            path=path,
-            text=str(data["text"]),
-            silent=bool(data.get("silent", False)),
-            photo_path=data.get("photo_path"),
-            attachments=tuple(data.get("attachments") or ()),
-            created=float(data.get("created", 0.0)),
-        )
+        photo = data.get("photo_path")
+        return SpoolEntry(path=path, text=str(data["text"]), silent=bool(data.get("silent", False)),
+                          photo_path=str(path.parent / photo) if photo else None,
+                          attachments=tuple(str(path.parent / p) for p in data.get("attachments") or ()),
+                          created=float(data.get("created", 0.0)))

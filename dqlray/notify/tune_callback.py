@@ -1,14 +1,12 @@
 """A Ray Tune callback that keeps one live Telegram dashboard for a sweep.
 
 Tune calls callbacks inside the driver's event loop, so a blocking send would stall every trial (ray#35721): every
-hook here only updates in-memory counters and *enqueues*; a :class:`~dqlray.notify.sender.Notifier` thread sends.
-Tune pickles callbacks with the experiment (``tuner.pkl``) and restores their ``get_state()`` on
-``Tuner.restore``: the token, the notifier and its thread are never pickled (``__getstate__``); after a restore the
-credentials are loaded again from the environment / config file, and the saved state (dashboard ``message_id``,
-what was already sent) makes the resumed sweep edit the same dashboard and resend nothing.
-
-Messages: 🚀 start (loud), 📊 one dashboard edited at most every ``edit_interval_s`` (silent), ❌ one digest per
-burst of errored trials (loud), and a final dashboard edit at the end.
+hook only updates counters and enqueues on the process's notifier, and never raises. Tune pickles callbacks
+(``tuner.pkl``) and restores their ``get_state()`` on ``Tuner.restore``: the notifier (and so the token) is never
+pickled; a restored callback uses the process's notifier (:func:`~dqlray.notify.sender.get_notifier`, made by the
+sweep driver with its credentials), and the saved state makes the resumed sweep edit the same dashboard and resend
+nothing. Messages: 🚀 start, 📊 one dashboard edited at most every ``edit_interval_s``, ❌ one digest per burst of
+errored trials, and a final dashboard edit. Progress is in episodes (what trials report and ASHA schedules on).
 """
 
 from __future__ import annotations
@@ -17,31 +15,25 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from dqlray.metrics import finite_or_none
 from dqlray.notify import messages
-from dqlray.notify.credentials import NotifyConfig, NotifyConfigError, load_notify_config
-from dqlray.notify.redact import redact
-from dqlray.notify.sender import LOGGER_NAME, Notifier
+from dqlray.notify.credentials import NotifyConfig
+from dqlray.notify.redact import LOGGER_NAME, never_raises, redact
+from dqlray.notify.sender import Notifier, get_notifier
 
 log = logging.getLogger(LOGGER_NAME)
 
 DASHBOARD_KEY = "dashboard"
 STATE_VERSION = 1
-_RUNTIME_ATTRS = ("_cfg", "_notifier", "_clock", "_wall")
 
 
 def _chat_fingerprint(cfg: NotifyConfig | None) -> str | None:
     """A short hash naming the chat (and API server) without storing the chat id itself."""
-    if cfg is None:
-        return None
-    return hashlib.sha256(f"{cfg.api_base}|{cfg.chat_id}".encode()).hexdigest()[:16]
-
-
+    return hashlib.sha256(f"{cfg.api_base}|{cfg.chat_id}".encode()).hexdigest()[:16] if cfg else None
 
 
 def _int(value: Any) -> int | None:
@@ -51,38 +43,18 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _last_error_line(trial: Any) -> str:
-    """The exception line of an errored trial: from ``error_msg`` (tests, older Ray) or the tail of ``error_file``
-    (a small local file; Ray 2.60 writes it before calling ``on_trial_error``)."""
-    msg = getattr(trial, "error_msg", None)
-    text = str(msg) if msg else ""
-    if not text:
-        path = getattr(trial, "error_file", None)
-        if path:
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(0, 2)
-                    size = fh.tell()
-                    fh.seek(max(0, size - 8192))
-                    text = fh.read().decode("utf-8", "replace")
-            except OSError:
-                text = ""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "error (no message)"
-
-
-def _error_text(trial: Any) -> str | None:
+def _error_text(trial: Any) -> str:
+    """An errored trial's error: ``error_msg`` (tests, older Ray) or the tail of ``error_file`` (a small local file;
+    Ray 2.60 writes it before calling ``on_trial_error``)."""
     msg = getattr(trial, "error_msg", None)
     if msg:
         return str(msg)
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        try:
-            data = Path(path).read_bytes()[-16384:]
-        except OSError:
-            return None
-        return data.decode("utf-8", "replace")
-    return None
+    try:
+        with open(getattr(trial, "error_file", None) or "", "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 16384))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 class TelegramTuneCallback(Callback):
@@ -90,128 +62,105 @@ class TelegramTuneCallback(Callback):
     ``trial_id``, ``config`` and ``last_result``.
 
     Args:
-        cfg: from :func:`~dqlray.notify.load_notify_config`; ``None`` turns the callback into a no-op. Not pickled:
-            after ``Tuner.restore`` the credentials are loaded again (``config_file``, environment).
         experiment: sweep name shown in every message.
+        notifier: the process's notifier; by default (and after ``Tuner.restore``) :func:`get_notifier`'s.
         metric, mode: the metric trials are ranked by (``val_sharpe``, ``max``).
         num_samples: number of trials (else Tune's ``total_num_samples`` from ``setup``).
         space_summary: ``{name: description}`` of the search space for the start message (not raw config).
-        max_t: ASHA's budget in ``time_attr`` units; a trial that completes below it was stopped early by ASHA.
-        time_attr: the result key ASHA schedules on (``env_steps``).
+        max_t: ASHA's budget in episodes; a trial that completes below it was stopped early by ASHA.
         edit_interval_s: least time between two dashboard edits (Telegram: about 1 message/s per chat, 20/min to
             groups; 30 s keeps a 27-trial sweep far below that).
         error_digest_s: errored trials within this window after the first one are reported in one message.
         top_k: trials listed in the dashboard.
         resources: cluster resources for the start message; default ``ray.cluster_resources()``.
-        config_file: notify config file to reload credentials from after a restore.
         end_flush_s: at ``on_experiment_end`` wait at most this long for the last messages (trials are done then).
-        notifier: share a :class:`Notifier` (e.g. the :class:`SweepNotifier`'s) instead of starting one.
         clock, wall_clock: injectable clocks (tests).
     """
 
-    def __init__(
-        self,
-        cfg: NotifyConfig | None,
-        *,
-        experiment: str,
-        metric: str = "val_sharpe",
-        mode: str = "max",
-        num_samples: int | None = None,
-        space_summary: Mapping[str, Any] | str | None = None,
-        max_t: int | None = None,
-        time_attr: str = "env_steps",
-        edit_interval_s: float = 30.0,
-        error_digest_s: float = 60.0,
-        top_k: int = 5,
-        resources: Mapping[str, Any] | str | None = None,
-        config_file: str | None = None,
-        end_flush_s: float = 10.0,
-        notifier: Notifier | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, *, experiment: str, notifier: Notifier | None = None, metric: str = "val_sharpe",
+                 mode: str = "max", num_samples: int | None = None,
+                 space_summary: Mapping[str, Any] | str | None = None, max_t: int | None = None,
+                 edit_interval_s: float = 30.0, error_digest_s: float = 60.0, top_k: int = 5,
+                 resources: Mapping[str, Any] | str | None = None, end_flush_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
         if not experiment:
             raise ValueError(f"experiment={experiment!r} is not allowed: give a non-empty name")
         if mode not in ("max", "min"):
             raise ValueError(f"mode={mode!r} is not allowed: use 'max' or 'min'")
-        if edit_interval_s < 0 or error_digest_s < 0 or end_flush_s < 0:
-            raise ValueError(
-                f"edit_interval_s={edit_interval_s!r}, error_digest_s={error_digest_s!r}, "
-                f"end_flush_s={end_flush_s!r}: each must be >= 0 seconds"
-            )
+        if min(edit_interval_s, error_digest_s, end_flush_s) < 0:
+            raise ValueError(f"edit_interval_s={edit_interval_s!r}, error_digest_s={error_digest_s!r}, "
+                             f"end_flush_s={end_flush_s!r}: each must be >= 0 seconds")
         if top_k < 1:
             raise ValueError(f"top_k={top_k!r} is not allowed: use an integer >= 1")
         if max_t is not None and max_t <= 0:
-            raise ValueError(f"max_t={max_t!r} is not allowed: use a positive budget or None")
-        self.experiment = experiment
-        self.metric = metric
-        self.mode = mode
-        self.num_samples = num_samples
+            raise ValueError(f"max_t={max_t!r} is not allowed: use a positive budget in episodes or None")
+        self.experiment, self.metric, self.mode, self.num_samples = experiment, metric, mode, num_samples
         self.space_summary = dict(space_summary) if isinstance(space_summary, Mapping) else space_summary
-        self.max_t = max_t
-        self.time_attr = time_attr
-        self.edit_interval_s = float(edit_interval_s)
-        self.error_digest_s = float(error_digest_s)
-        self.top_k = top_k
+        self.max_t, self.top_k = max_t, top_k
+        self.edit_interval_s, self.error_digest_s = float(edit_interval_s), float(error_digest_s)
         self.resources = dict(resources) if isinstance(resources, Mapping) else resources
-        self.config_file = str(config_file) if config_file else None
         self.end_flush_s = float(end_flush_s)
-        self._enabled = cfg is not None or notifier is not None
-        # Runtime-only (dropped by __getstate__): credentials, the sender, clocks.
-        self._cfg = cfg if cfg is not None else (notifier.config if notifier else None)
-        self._notifier: Notifier | None = notifier
-        self._owns_notifier = notifier is None
-        self._clock = clock
-        self._wall = wall_clock
-        # Pickled state (also what get_state returns): nothing secret.
-        self._chat_fp = _chat_fingerprint(self._cfg)
+        # Runtime-only (dropped by __getstate__): the notifier (it holds the token), clocks.
+        self._notifier = notifier
+        self._clock, self._wall = clock, wall_clock
+        # Pickled state (also what get_state returns): nothing secret. _chat_fp names the chat _dashboard_id is in.
+        self._chat_fp = _chat_fingerprint(notifier.config) if notifier else None
         self._start_sent = False
         self._started_at: float | None = None
         self._trials: dict[str, dict[str, Any]] = {}
         self._errors_reported: list[str] = []
         self._burst: list[str] = []
         self._dashboard_id: int | None = None
-        self._restored_dashboard_id: int | None = None
         self._burst_started: float | None = None
         self._last_dashboard: float | None = None
         self._dirty = False
 
-    # ---------------------------------------------------------------------------------------------- pickling ---
+    # ----------------------------------------------------------------------------------------------- state ---
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for name in _RUNTIME_ATTRS:
-            state.pop(name, None)
-        state["_owns_notifier"] = True
-        state["_burst_started"] = None
-        state["_last_dashboard"] = None
-        return state
+        drop = ("_notifier", "_clock", "_wall", "_burst_started", "_last_dashboard")
+        return {k: v for k, v in self.__dict__.items() if k not in drop}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._cfg = None
-        self._notifier = None
-        self._clock = time.monotonic
-        self._wall = time.time
+        self.__dict__.update(state, _notifier=None, _clock=time.monotonic, _wall=time.time, _burst_started=None,
+                             _last_dashboard=None)
 
+    @property
+    def notifier(self) -> Notifier:
+        """The notifier given; after ``Tuner.restore`` (which unpickles this callback without one) the process's."""
+        if self._notifier is None:
+            self._notifier = get_notifier()
+            self._adopt_dashboard()
+        return self._notifier
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Literal secrets to redact (none while no notifier is attached; never raises: used to log failures)."""
+        return self._notifier.secrets if self._notifier else ()
+
+    def _adopt_dashboard(self) -> None:
+        """Keep editing the saved dashboard message, if it is in this notifier's chat."""
+        fp = _chat_fingerprint(self.notifier.config)
+        if fp is None:
+            return  # notifications off: keep the saved ids for a later restore that has credentials
+        if fp != self._chat_fp:
+            self._dashboard_id = None  # another chat: its message ids mean nothing
+        self._chat_fp = fp
+        if self._dashboard_id is not None:
+            self.notifier.set_live_message_id(DASHBOARD_KEY, self._dashboard_id)
+
+    @never_raises
     def get_state(self) -> dict[str, Any] | None:
         """What a restored sweep needs to edit the same dashboard and resend nothing (no secrets)."""
-        if self._notifier is not None:
-            live = self._notifier.live_message_id(DASHBOARD_KEY)
-            if live is not None:
-                self._dashboard_id = live
+        self._dashboard_id = self.notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
         return {
-            "version": STATE_VERSION,
-            "experiment": self.experiment,
-            "chat": self._chat_fp,
-            "dashboard_message_id": self._dashboard_id,
-            "start_sent": self._start_sent,
-            "started_at": self._started_at,
-            "trials": {tid: dict(info) for tid, info in self._trials.items()},
-            "errors_reported": list(self._errors_reported),
-            "errors_pending": list(self._burst),
+            "version": STATE_VERSION, "experiment": self.experiment, "chat": self._chat_fp,
+            "dashboard_message_id": self._dashboard_id, "start_sent": self._start_sent,
+            "started_at": self._started_at, "trials": {tid: dict(info) for tid, info in self._trials.items()},
+            "errors_reported": list(self._errors_reported), "errors_pending": list(self._burst),
         }
 
+    @never_raises
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`'s dict (Tune calls this before ``setup`` on ``Tuner.restore``)."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
@@ -220,197 +169,110 @@ class TelegramTuneCallback(Callback):
         self._start_sent = bool(state.get("start_sent"))
         self._started_at = state.get("started_at")
         self._trials = {str(k): dict(v) for k, v in (state.get("trials") or {}).items()}
+        for info in self._trials.values():  # before issue 15 the episode count was stored as "env_steps"
+            info.setdefault("episodes", info.pop("env_steps", None))
         self._errors_reported = list(state.get("errors_reported") or [])
         self._burst = list(state.get("errors_pending") or [])
         self._burst_started = self._clock() if self._burst else None
-        saved_chat = state.get("chat")
-        self._restored_dashboard_id = _int(state.get("dashboard_message_id"))
-        self._dashboard_id = self._restored_dashboard_id
-        if self._chat_fp is None:
-            self._chat_fp = saved_chat
-        elif saved_chat is not None and saved_chat != self._chat_fp:
-            self._restored_dashboard_id = self._dashboard_id = None  # another chat: its message ids mean nothing
-        if self._notifier is not None:
-            self._adopt_dashboard()
-        self._dirty = True
-
-    # --------------------------------------------------------------------------------------------- notifier ---
-
-    def _ensure_notifier(self) -> Notifier | None:
-        if self._notifier is not None or not self._enabled:
-            return self._notifier
-        cfg = self._cfg
-        if cfg is None:  # unpickled by Tuner.restore: load the credentials again (never pickled)
-            try:
-                cfg = load_notify_config(config_file=self.config_file)
-            except NotifyConfigError as exc:
-                log.warning("Telegram sweep notifications off after restore: %s", exc)
-                cfg = None
-            if cfg is None:
-                log.warning("Telegram sweep notifications off: no credentials found after restore "
-                            "(set TELEGRAM_BOT_TOKEN/TELEGRAM_CHAT_ID or the notify config file)")
-                self._enabled = False
-                return None
-            fp = _chat_fingerprint(cfg)
-            if self._chat_fp is not None and fp != self._chat_fp:
-                self._restored_dashboard_id = self._dashboard_id = None
-            self._chat_fp = fp
-            self._cfg = cfg
-        # The driver's SIGTERM belongs to Tune and the SweepNotifier; this sender only flushes at exit.
-        self._notifier = Notifier(cfg, handle_sigterm=False)
-        self._owns_notifier = True
+        self._chat_fp, self._dashboard_id = state.get("chat"), _int(state.get("dashboard_message_id"))
         self._adopt_dashboard()
-        return self._notifier
-
-    def _adopt_dashboard(self) -> None:
-        if self._notifier is not None and self._restored_dashboard_id is not None:
-            self._notifier.set_live_message_id(DASHBOARD_KEY, self._restored_dashboard_id)
-
-    def _send(self, text: str, **kwargs: Any) -> None:
-        notifier = self._ensure_notifier()
-        if notifier is not None:
-            notifier.notify(text, **kwargs)
+        self._dirty = True
 
     # ------------------------------------------------------------------------------------------------ hooks ---
 
+    @never_raises
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
               **info: Any) -> None:
         """Send the 🚀 start message (once per sweep, not again after a restore)."""
-        try:
-            if self.num_samples is None:
-                self.num_samples = total_num_samples or num_samples
-            if self._started_at is None:
-                self._started_at = self._wall()
-            if self._start_sent or self._ensure_notifier() is None:
-                return
-            resources = self.resources if self.resources is not None else _cluster_resources()
-            text = messages.sweep_start(self.experiment, metric=self.metric, mode=self.mode,
-                                        num_samples=self.num_samples, space_summary=self.space_summary,
-                                        resources=resources, max_t=self.max_t, time_attr=self.time_attr)
-            self._send(text, fallback=True)
-            self._start_sent = True
-        except Exception as exc:  # a notification bug must never break the sweep
-            self._log_skip("setup", exc)
+        if self.num_samples is None:
+            self.num_samples = total_num_samples or num_samples
+        if self._started_at is None:
+            self._started_at = self._wall()
+        if self._start_sent or not self.notifier.enabled:
+            return
+        resources = self.resources if self.resources is not None else _cluster_resources()
+        self.notifier.notify(messages.sweep_start(self.experiment, metric=self.metric, mode=self.mode,
+                                                  num_samples=self.num_samples, space_summary=self.space_summary,
+                                                  resources=resources, max_t=self.max_t), fallback=True)
+        self._start_sent = True
 
+    @never_raises
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial as running."""
-        try:
-            info_ = self._trial(trial)
-            if info_["status"] not in ("errored",):
-                info_["status"] = "running"
-            self._dirty = True
-            self._tick()
-        except Exception as exc:
-            self._log_skip("on_trial_start", exc)
+        info_ = self._trial(trial)
+        if info_["status"] != "errored":
+            info_["status"] = "running"
+        self._tick(dirty=True)
 
+    @never_raises
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         """Record the trial's latest metrics; edit the dashboard if ``edit_interval_s`` has passed."""
-        try:
-            self._record_result(self._trial(trial), result)
-            self._trials[str(trial.trial_id)]["status"] = "running"
-            self._dirty = True
-            self._tick()
-        except Exception as exc:
-            self._log_skip("on_trial_result", exc)
+        self._record_result(self._trial(trial), result)["status"] = "running"
+        self._tick(dirty=True)
 
+    @never_raises
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Count the trial as finished, or as stopped by ASHA when it ended below ``max_t``."""
-        try:
-            info_ = self._trial(trial)
-            last = getattr(trial, "last_result", None) or {}
-            self._record_result(info_, last)
-            steps = info_.get("env_steps")
-            stopped = self.max_t is not None and steps is not None and steps < self.max_t
-            info_["status"] = "stopped" if stopped else "finished"
-            self._dirty = True
-            self._tick()
-        except Exception as exc:
-            self._log_skip("on_trial_complete", exc)
+        """Count the trial as finished, or as stopped by ASHA when it ended below ``max_t`` episodes."""
+        info_ = self._record_result(self._trial(trial), getattr(trial, "last_result", None) or {})
+        episodes = info_.get("episodes")
+        info_["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t else "finished"
+        self._tick(dirty=True)
 
+    @never_raises
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial as errored and add it to the current burst (one ❌ digest per burst)."""
-        try:
-            info_ = self._trial(trial)
-            self._record_result(info_, getattr(trial, "last_result", None) or {})
-            info_["status"] = "errored"
-            secrets = self._cfg.secrets if self._cfg else ()
-            info_["error"] = redact(_last_error_line(trial)[:500], secrets)
-            tid = str(trial.trial_id)
-            if tid not in self._errors_reported and tid not in self._burst:
-                self._burst.append(tid)
-                info_["error_text"] = redact((_error_text(trial) or "")[-4000:], secrets)
-                if self._burst_started is None:
-                    self._burst_started = self._clock()
-            self._dirty = True
-            self._tick()
-        except Exception as exc:
-            self._log_skip("on_trial_error", exc)
+        info_ = self._record_result(self._trial(trial), getattr(trial, "last_result", None) or {})
+        info_["status"] = "errored"
+        text, secrets = _error_text(trial), self.notifier.secrets
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        info_["error"] = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
+        tid = str(trial.trial_id)
+        if tid not in self._errors_reported and tid not in self._burst:
+            self._burst.append(tid)
+            info_["error_text"] = redact(text[-4000:], secrets)
+            if self._burst_started is None:
+                self._burst_started = self._clock()
+        self._tick(dirty=True)
 
+    @never_raises
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         """Time-based work: the pending error digest and the throttled dashboard edit."""
-        try:
-            self._tick()
-        except Exception as exc:
-            self._log_skip("on_step_end", exc)
+        self._tick()
 
+    @never_raises
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Send the error digest and the final dashboard, then wait at most ``end_flush_s`` for delivery."""
         try:
             for trial in trials or []:
-                status = str(getattr(trial, "status", ""))
                 tid = str(getattr(trial, "trial_id", ""))
-                if tid in self._trials and status == "ERROR" and self._trials[tid]["status"] != "errored":
+                if tid in self._trials and str(getattr(trial, "status", "")) == "ERROR":
                     self._trials[tid]["status"] = "errored"
-            self._dirty = True  # the final edit says "finished" and drops the estimate, even with no new result
-            self._tick(force=True, final=True)
-        except Exception as exc:
-            self._log_skip("on_experiment_end", exc)
+            # The final edit says "finished" and drops the estimate, even with no new result.
+            self._tick(dirty=True, force=True, final=True)
         finally:
-            if self._notifier is not None:
-                if self._owns_notifier:
-                    self._dashboard_id = self._notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
-                    self._notifier.close(self.end_flush_s)
-                    self._dashboard_id = self._notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
-                    self._restored_dashboard_id = self._dashboard_id
-                    self._notifier = None
-                else:
-                    self._notifier.flush(self.end_flush_s)
+            self.notifier.flush(self.end_flush_s)
+            self._dashboard_id = self.notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
 
     # -------------------------------------------------------------------------------------------- internals ---
 
-    def _log_skip(self, hook: str, exc: BaseException) -> None:
-        secrets = self._cfg.secrets if self._cfg else ()
-        log.warning("Telegram callback %s skipped: %s", hook, redact(f"{type(exc).__name__}: {exc}", secrets))
-
     def _trial(self, trial: Any) -> dict[str, Any]:
         tid = str(trial.trial_id)
-        info = self._trials.get(tid)
-        if info is None:
-            config = getattr(trial, "config", None) or {}
-            info = {
-                "status": "pending",
-                "config": dict(messages.summarize_config(config, max_items=8)),
-                "metric": None, "std": None, "val_return": None, "env_steps": None,
-            }
-            self._trials[tid] = info
-        return info
+        if tid not in self._trials:
+            config = dict(messages.summarize_config(getattr(trial, "config", None) or {}, max_items=8))
+            self._trials[tid] = {"status": "pending", "config": config, "metric": None, "std": None,
+                                 "val_return": None, "episodes": None}
+        return self._trials[tid]
 
-    def _record_result(self, info: dict[str, Any], result: Mapping[str, Any]) -> None:
-        if not result:
-            return
-        metric = finite_or_none(result.get(self.metric))
-        if metric is not None:
-            info["metric"] = metric
-        std = finite_or_none(result.get(f"{self.metric}_std"))
-        if std is not None:
-            info["std"] = std
-        val_return = finite_or_none(result.get("val_return"))
-        if val_return is not None:
-            info["val_return"] = val_return
-        steps = _int(result.get(self.time_attr))
-        if steps is not None:
-            info["env_steps"] = steps
+    def _record_result(self, info: dict[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+        for key, name in ((self.metric, "metric"), (f"{self.metric}_std", "std"), ("val_return", "val_return")):
+            value = finite_or_none(result.get(key))
+            if value is not None:
+                info[name] = value
+        episodes = _int(result.get("episodes"))
+        if episodes is not None:
+            info["episodes"] = episodes
+        return info
 
     def counts(self) -> dict[str, int]:
         """Trials per status: running, finished, stopped (by ASHA), errored, pending."""
@@ -421,67 +283,48 @@ class TelegramTuneCallback(Callback):
         c["pending"] = max(c["pending"], total - sum(v for k, v in c.items() if k != "pending"))
         return c
 
-    def _top(self) -> list[messages.TrialRow]:
-        scored = [(tid, info) for tid, info in self._trials.items() if info.get("metric") is not None]
-        sign = -1.0 if self.mode == "max" else 1.0
-        scored.sort(key=lambda item: (sign * item[1]["metric"], item[0]))
-        return [
-            messages.TrialRow(trial_id=tid, metric=info["metric"], metric_std=info.get("std"),
-                              val_return=info.get("val_return"), env_steps=info.get("env_steps"),
-                              status=info["status"], config=info.get("config") or {})
-            for tid, info in scored[: self.top_k]
-        ]
-
     def _eta(self, elapsed: float | None, counts: Mapping[str, int]) -> float | None:
         """Remaining time from the share of the total budget consumed so far (an overestimate under ASHA, which
         stops most trials early)."""
         if elapsed is None or elapsed <= 0:
             return None
-        total = sum(counts.values())
         done = 0.0
         for info in self._trials.values():
             if info["status"] in ("finished", "stopped", "errored"):
                 done += 1.0
-            elif info["status"] == "running" and self.max_t and info.get("env_steps"):
-                done += min(1.0, info["env_steps"] / self.max_t)
-        if done <= 0 or total <= 0:
-            return None
-        return elapsed * max(0.0, total - done) / done
+            elif info["status"] == "running" and self.max_t and info.get("episodes"):
+                done += min(1.0, info["episodes"] / self.max_t)
+        total = sum(counts.values())
+        return elapsed * max(0.0, total - done) / done if done > 0 and total > 0 else None
 
     def dashboard_text(self, *, final: bool = False) -> str:
-        """The dashboard as it would be sent now."""
+        """The dashboard as it would be sent now: the ``top_k`` trials by the metric, best first."""
         counts = self.counts()
         elapsed = self._wall() - self._started_at if self._started_at is not None else None
-        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall()))
-        return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts,
-                                        top=self._top(), elapsed_s=elapsed, eta_s=self._eta(elapsed, counts),
-                                        updated=updated, final=final)
+        sign = -1.0 if self.mode == "max" else 1.0
+        top = sorted(((tid, info) for tid, info in self._trials.items() if info.get("metric") is not None),
+                     key=lambda item: (sign * item[1]["metric"], item[0]))[: self.top_k]
+        return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts, top=top,
+                                        elapsed_s=elapsed, eta_s=self._eta(elapsed, counts), final=final,
+                                        updated=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall())))
 
-    def _tick(self, *, force: bool = False, final: bool = False) -> None:
+    def _tick(self, *, dirty: bool = False, force: bool = False, final: bool = False) -> None:
+        self._dirty = self._dirty or dirty
         now = self._clock()
-        burst_due = self._burst_started is None or now - self._burst_started >= self.error_digest_s
-        if self._burst and (force or burst_due):
+        if self._burst and (force or self._burst_started is None or now - self._burst_started >= self.error_digest_s):
             self._send_error_digest()
-        dash_due = self._last_dashboard is None or now - self._last_dashboard >= self.edit_interval_s
-        if self._dirty and (force or dash_due):
-            if self._ensure_notifier() is None:
-                return
-            self._send(self.dashboard_text(final=final), silent=True, key=DASHBOARD_KEY, live=True)
-            self._last_dashboard = now
-            self._dirty = False
+        if self._dirty and (force or self._last_dashboard is None or now - self._last_dashboard >= self.edit_interval_s):
+            self.notifier.notify(self.dashboard_text(final=final), silent=True, key=DASHBOARD_KEY, live=True)
+            self._last_dashboard, self._dirty = now, False
 
     def _send_error_digest(self) -> None:
         burst, self._burst, self._burst_started = self._burst, [], None
         errors = [(tid, self._trials.get(tid, {}).get("config") or {}, self._trials.get(tid, {}).get("error", ""))
                   for tid in burst]
         total_errored = sum(1 for info in self._trials.values() if info["status"] == "errored")
-        tail = self._trials.get(burst[0], {}).pop("error_text", None) if burst else None
-        for tid in burst[1:]:
-            self._trials.get(tid, {}).pop("error_text", None)
-        secrets = self._cfg.secrets if self._cfg else ()
-        text = messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tail,
-                                     secrets=secrets)
-        self._send(text, critical=True)
+        tails = [self._trials.get(tid, {}).pop("error_text", None) for tid in burst]
+        self.notifier.notify(messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tails[0],
+                                                   secrets=self.notifier.secrets), critical=True)
         self._errors_reported.extend(burst)
 
 
@@ -494,9 +337,6 @@ def _cluster_resources() -> dict[str, Any] | None:
             return None
         res = ray.cluster_resources()
         out: dict[str, Any] = {"nodes": sum(1 for n in ray.nodes() if n.get("Alive"))}
-        for key in ("CPU", "GPU"):
-            if res.get(key):
-                out[key] = res[key]
-        return out
+        return out | {key: res[key] for key in ("CPU", "GPU") if res.get(key)}
     except Exception:
         return None

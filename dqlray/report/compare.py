@@ -6,19 +6,21 @@ report says so loudly when they were not (data hash, test dates, costs in bps).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from markupsafe import Markup
 
 from dqlray.errors import DqlrayError
+from dqlray.formatting import fmt
 from dqlray.report import plots
 from dqlray.report.folders import folder_kind, load_run, load_sweep
-from dqlray.report.format import METRICS, fmt
-from dqlray.report.html import Column, Document, Report, Row, esc, figure, json_text, note, render_table, table_records
+from dqlray.report.format import METRICS
+from dqlray.report.html import Column, Document, Report, Row, figure, note, render_table, table_records
+from dqlray.report.tables import save_table
 from dqlray.runinfo import atomic_write_text
 
 SHOWN = ("sharpe", "total_return", "max_drawdown", "sortino", "calmar", "num_trades", "exposure")
@@ -110,7 +112,7 @@ def build_comparison_report(dirs: Sequence[str | Path], out: str | Path | None =
     diff = mismatches(entries)
     sub = [f"{len(entries)} experiments", "test split"]
     if diff:
-        sub.append('<span class="down">not comparable: ' + esc(", ".join(diff)) + " differ</span>")
+        sub.append(Markup('<span class="down">not comparable: {} differ</span>').format(", ".join(diff)))
     doc = Document("comparison", title or "Comparison of " + ", ".join(e.label for e in entries), sub)
     doc.add("summary", "Summary", lambda: _summary(entries, diff))
     doc.add("equity", "Test equity", lambda: _equity(entries, diff, assets, images))
@@ -121,37 +123,36 @@ def build_comparison_report(dirs: Sequence[str | Path], out: str | Path | None =
                   warnings=tuple(doc.warnings), kind="comparison")
 
 
-def _summary(entries: Sequence[Entry], diff: dict[str, dict[str, Any]]) -> str:
+def _summary(entries: Sequence[Entry], diff: dict[str, dict[str, Any]]) -> Markup:
     html = []
     if diff:
         parts = []
         for what, vals in diff.items():
             unit = " bps" if what == "costs" else ""
-            shown = "; ".join(f"{esc(k)}: <code>{esc(v if v is not None else 'unknown')}{unit}</code>"
-                              for k, v in vals.items())
-            parts.append(f"<li><strong>{esc(what)}</strong> differ: {shown}</li>")
-        html.append(note("These results were <strong>not evaluated on the same "
-                         f"{esc(' / '.join(diff))}</strong>, so their numbers are not directly comparable: a "
-                         f"different price series, test period or cost level alone changes Sharpe and returns.<ul>"
-                         f"{''.join(parts)}</ul>", "warn", "Not comparable."))
+            shown = Markup("; ").join(Markup("{}: <code>{}{}</code>").format(k, v if v is not None else "unknown", unit)
+                                      for k, v in vals.items())
+            parts.append(Markup("<li><strong>{}</strong> differ: {}</li>").format(what, shown))
+        html.append(note(Markup("These results were <strong>not evaluated on the same {}</strong>, so their numbers are "
+                                "not directly comparable: a different price series, test period or cost level alone "
+                                "changes Sharpe and returns.<ul>{}</ul>").format(" / ".join(diff), Markup("").join(parts)),
+                         "warn", "Not comparable."))
     else:
         html.append(note("All were evaluated on the same data (hash), the same test period and the same costs.",
                          "info", "Comparable."))
     ranked = sorted(entries, key=lambda e: -e.evaluation["agent"]["summary"]["sharpe"]["mean"])
     best = ranked[0]
     a = best.evaluation["agent"]["summary"]["sharpe"]
-    html.append(f'<p class="lead">Highest mean test Sharpe: <strong>{esc(best.label)}</strong> at '
-                f"{esc(fmt(a['mean'], 'ratio'))} ± {esc(fmt(a['std'], 'ratio'))} over "
-                f"{len(best.evaluation['agent']['per_seed'])} seeds. Differences smaller than the spread across seeds "
-                "are noise.</p>")
-    return "".join(html)
+    html.append(Markup('<p class="lead">Highest mean test Sharpe: <strong>{}</strong> at {} ± {} over {} seeds. '
+                       "Differences smaller than the spread across seeds are noise.</p>").format(
+        best.label, fmt(a["mean"], "ratio"), fmt(a["std"], "ratio"), len(best.evaluation["agent"]["per_seed"])))
+    return Markup("").join(html)
 
 
-def _equity(entries: Sequence[Entry], diff: dict[str, Any], assets: Path, images: dict[str, Path]) -> str:
+def _equity(entries: Sequence[Entry], diff: dict[str, Any], assets: Path, images: dict[str, Path]) -> Markup:
     series = [(e.label, e.equity["date"].to_numpy(), e.equity["agent_mean"].to_numpy(dtype=float))
               for e in entries if e.equity is not None and "agent_mean" in e.equity]
     if not series:
-        return note("None of the folders has an <code>equity_test.csv</code>.", "info")
+        return note(Markup("None of the folders has an <code>equity_test.csv</code>."), "info")
     refs = []
     seen = set()
     for e in entries:  # one buy & hold line per distinct test data and period
@@ -176,7 +177,7 @@ def _equity(entries: Sequence[Entry], diff: dict[str, Any], assets: Path, images
                                                xlabel="annualised Sharpe ratio (test split)")
     html.append(figure(images["sharpe"], "Bars: the agent's mean test Sharpe, whiskers one standard deviation across "
                        "seeds; black tick: buy & hold on the same split.", alt="test Sharpe by experiment"))
-    return "".join(html)
+    return Markup("").join(html)
 
 
 def _columns() -> list[Column]:
@@ -189,7 +190,7 @@ def _columns() -> list[Column]:
     return cols
 
 
-def _metrics(entries: Sequence[Entry], assets: Path, images: dict[str, Path], tables: dict[str, Path]) -> str:
+def _metrics(entries: Sequence[Entry], assets: Path, images: dict[str, Path], tables: dict[str, Path]) -> Markup:
     cols = _columns()
     rows = []
     for e in entries:
@@ -204,13 +205,10 @@ def _metrics(entries: Sequence[Entry], assets: Path, images: dict[str, Path], ta
     for rec, e in zip(records, entries, strict=True):
         rec.update({"path": str(e.path.resolve()), "data_hash": e.data_hash, "data_file": e.data_file,
                     "costs_bps": e.costs_bps, "test_period": e.test_period, "git_commit": e.git_commit})
-    buf = io.StringIO()
-    pd.DataFrame(records).to_csv(buf, index=False)
-    atomic_write_text(assets / "comparison.csv", buf.getvalue())
-    atomic_write_text(assets / "comparison.json", json_text(records))
-    tables["comparison"] = assets / "comparison.csv"
-    return ('<p class="lead">Agent: mean ± standard deviation over seeds on each experiment\'s test split. Best per '
-            "column in green. Click a header to sort.</p>" + render_table("comparison", cols, rows, sortable=True))
+    save_table(assets, "comparison", records, tables)
+    return (Markup('<p class="lead">Agent: mean ± standard deviation over seeds on each experiment\'s test split. '
+                   "Best per column in green. Click a header to sort.</p>")
+            + render_table("comparison", cols, rows, sortable=True))
 
 
 def _short_commit(c: str | None) -> str:
@@ -220,7 +218,7 @@ def _short_commit(c: str | None) -> str:
     return sha[:12] + (f"+{rest}" if rest else "")
 
 
-def _provenance(entries: Sequence[Entry], diff: dict[str, Any]) -> str:
+def _provenance(entries: Sequence[Entry], diff: dict[str, Any]) -> Markup:
     cols = [Column("experiment", "Experiment", "text"), Column("path", "Folder", "text"),
             Column("data_file", "Data file", "text"), Column("data_hash", "Data hash", "text"),
             Column("test_period", "Test period", "text"), Column("costs_bps", "Costs (bps)", "float1"),

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from dqlray.data import DATA_DIR
 from dqlray.errors import DqlrayError
 
 RUN_MARKERS = ("eval.json", "metrics.csv", "meta.json")
@@ -30,6 +31,28 @@ def folder_kind(path: str | Path) -> str:
         return "run"
     raise DqlrayError(f"{p}: neither a run folder (config.yaml with eval.json or metrics.csv) nor a sweep folder "
                       "(trials.csv, summary.json)")
+
+
+def experiment_folders(results_dir: str | Path) -> tuple[list[Path], list[str]]:
+    """The finished run and sweep folders directly under ``results_dir`` (the guide's ``--results_dir``), by name.
+
+    Returns the folders with a test evaluation (``eval.json`` or ``summary.json``) and one warning for each run or
+    sweep folder without one; a one-line error when ``results_dir`` is not a folder or holds no finished one.
+    """
+    root = Path(results_dir)
+    if not root.exists():
+        raise DqlrayError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DqlrayError(f"{root}: is a file, not a folder of results")
+    found, skipped = [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (sub / "eval.json").exists() or (sub / "summary.json").exists():
+            found.append(sub)
+        elif any((sub / m).exists() for m in (*RUN_MARKERS, *SWEEP_MARKERS)):
+            skipped.append(f"{sub}: left out, not evaluated on its test split yet")
+    if not found:
+        raise DqlrayError(f"{root}: no finished run or sweep in it (a folder with eval.json or summary.json)")
+    return found, skipped
 
 
 def read_csv(path: Path, dates: bool = False, dtype: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -163,5 +186,6 @@ def resolve_data_file(data_file: str | None, folder: Path) -> Path | None:
     p = Path(data_file).expanduser()
     if p.is_absolute():
         return p if p.exists() else None
-    candidates = [Path.cwd() / p] + [parent / p for parent in [folder.resolve(), *folder.resolve().parents]]
-    return next((c for c in candidates if c.exists()), None)
+    bases = [Path.cwd(), folder.resolve(), *folder.resolve().parents]
+    candidates = [c for b in bases for c in (b / p, b / DATA_DIR / p)]  # the guide keeps datasets in data/
+    return next((c for c in candidates if c.is_file()), None)

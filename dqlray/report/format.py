@@ -1,13 +1,11 @@
-"""How numbers and names look in reports: one place for the metric labels, units, tooltips and rounding."""
+"""How metrics and names look in reports: the metric labels, units and tooltips (numbers: :mod:`dqlray.formatting`)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-MINUS = "\u2212"  # a real minus sign: "−0.12" lines up with "0.12" in tabular figures
-DASH = "\u2013"  # shown for a missing or non-finite value
+from dqlray.metrics import finite_or_none
 
 
 @dataclass(frozen=True)
@@ -62,76 +60,6 @@ def metric_label(metric: str) -> str:
     return f"validation {name}" if metric.startswith("val_") else name
 
 
-def finite(v: Any) -> float | None:
-    """``v`` as a finite float, or None (missing, NaN, inf, not a number)."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _signed(text: str) -> str:
-    return MINUS + text[1:] if text.startswith("-") else text
-
-
-def fmt(v: Any, kind: str = "general") -> str:
-    """Format one value (plain text, not escaped).
-
-    Kinds: ``pct`` (0.157 -> 15.7%), ``ratio`` (2 decimals), ``int``, ``float1``, ``sci`` (6.47e-4, learning rates),
-    ``general`` (4 significant digits), ``bool`` (yes/no), ``text``. Missing or non-finite numbers show as a dash.
-    """
-    if kind == "text":
-        return "" if v is None else str(v)
-    if kind == "bool":
-        if isinstance(v, str):
-            v = v.strip().lower() in ("true", "1", "yes")
-        return DASH if v is None else ("yes" if v else "no")
-    f = finite(v)
-    if f is None:
-        return DASH if not isinstance(v, str) or not v else v
-    if kind == "pct":
-        p = f * 100
-        return _signed(f"{p:,.0f}%" if abs(p) >= 1000 else f"{p:.1f}%")
-    if kind == "ratio":
-        return _signed(f"{f:.2f}")
-    if kind == "int":
-        return _signed(f"{f:,.0f}")
-    if kind == "float1":
-        return _signed(f"{f:,.1f}")
-    if kind == "float3":
-        return _signed(f"{f:.3f}")
-    if kind == "sci":
-        if f == 0:
-            return "0"
-        exp = math.floor(math.log10(abs(f)))
-        mant = f / 10**exp
-        if abs(round(mant, 2)) >= 10:
-            mant, exp = mant / 10, exp + 1
-        return _signed(f"{mant:.2f}e{exp}").replace("e-", "e" + MINUS)
-    if kind == "seconds":
-        return f"{f:.1f} s" if f < 120 else f"{f / 60:.1f} min"
-    if f == int(f) and abs(f) < 1e15:
-        return _signed(f"{int(f)}")
-    return _signed(f"{f:.4g}")
-
-
-def fmt_sd(sd: Any, kind: str) -> str:
-    """The spread next to a mean: ``± 7.0`` (percentage points for ``pct``), or empty when unknown."""
-    f = finite(sd)
-    if f is None:
-        return ""
-    if kind == "pct":
-        return f"± {f * 100:.1f}"
-    if kind == "int":
-        return f"± {f:,.0f}"
-    if kind == "float1":
-        return f"± {f:,.1f}"
-    return f"± {f:.2f}"
-
-
 def number_kind(key: str, values: list[Any] | None = None) -> str:
     """A sensible format kind for a column of a sweep table, by name and values."""
     if key in METRICS:
@@ -147,7 +75,7 @@ def number_kind(key: str, values: list[Any] | None = None) -> str:
         return "seconds"
     if name in ("stopped_by_asha", "error"):
         return "bool"
-    nums = [finite(v) for v in (values or [])]
+    nums = [finite_or_none(v) for v in (values or [])]
     if values and all(n is None for n in nums):
         return "text"
     present = [n for n in nums if n is not None]

@@ -1,5 +1,10 @@
 """Self-contained HTML documents: one file, CSS and a few lines of JavaScript inline, pictures embedded as PNG.
 
+One escaping rule, markupsafe's: every value put into a page is escaped unless it is :class:`Markup` (HTML made by
+the functions here, or marked as HTML where it is written). So a caption, a note, a card or a table cell taken from a
+file name, a config value or an error message shows as text, whatever characters it holds; HTML written here is
+built with ``Markup(...).format(...)`` or ``esc``, which escape what is inserted.
+
 Nothing is fetched from anywhere (the machines are often offline, and a report is mailed and archived): a
 Content-Security-Policy in the page forbids every external request. Table cells carry their exact values in
 ``data-value`` (and ``data-sd``) attributes, so tools and tests read the numbers without parsing the rounded text.
@@ -8,8 +13,6 @@ Content-Security-Policy in the page forbids every external request. Table cells 
 from __future__ import annotations
 
 import base64
-import html
-import json
 import math
 import struct
 import time
@@ -19,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup, escape
+
+from dqlray.formatting import fmt, fmt_sd
 from dqlray.metrics import finite_or_none
-from dqlray.report.format import fmt, fmt_sd
+from dqlray.runinfo import json_ready
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -139,9 +145,9 @@ SORT_JS = """
 """
 
 
-def esc(text: Any) -> str:
-    """HTML-escape any value's text."""
-    return html.escape("" if text is None else str(text), quote=True)
+def esc(value: Any) -> Markup:
+    """``value`` as HTML: its text escaped (None as nothing), or itself when it is :class:`Markup` already."""
+    return escape("" if value is None else value)
 
 
 def data_value(v: Any) -> str:
@@ -184,7 +190,7 @@ class Row:
     sub: dict[str, str] = field(default_factory=dict)  # a second, smaller line of text under a cell's value
 
 
-def render_table(name: str, columns: Sequence[Column], rows: Sequence[Row], *, sortable: bool = False) -> str:
+def render_table(name: str, columns: Sequence[Column], rows: Sequence[Row], *, sortable: bool = False) -> Markup:
     """An HTML table whose cells carry ``data-key``, ``data-value`` (exact) and ``data-sd``; rows ``data-row``."""
     best: dict[str, float] = {}
     for c in columns:
@@ -194,29 +200,29 @@ def render_table(name: str, columns: Sequence[Column], rows: Sequence[Row], *, s
             if len(vals) > 1:
                 best[c.key] = max(vals) if c.better > 0 else min(vals)
     cls = " ".join(c for c in ("sortable" if sortable else "", "dense" if len(columns) > 12 else "") if c)
-    out = [f'<div class="tablewrap"><table data-table="{esc(name)}" class="{cls}"><thead><tr>']
+    out = [Markup('<div class="tablewrap"><table data-table="{}" class="{}"><thead><tr>').format(name, cls)]
     for c in columns:
-        title = f' title="{esc(c.help)}"' if c.help else ""
-        tcls = ' class="text"' if c.kind in ("text", "bool") else ""
-        label = esc(c.label).replace("_", "_<wbr>")  # long parameter names may break after an underscore
-        out.append(f'<th data-key="{esc(c.key)}"{title}{tcls}>{label}</th>')
-    out.append("</tr></thead><tbody>")
+        title = Markup(' title="{}"').format(c.help) if c.help else ""
+        tcls = Markup(' class="text"') if c.kind in ("text", "bool") else ""
+        label = Markup("_<wbr>").join(c.label.split("_"))  # long parameter names may break after an underscore
+        out.append(Markup('<th data-key="{}"{}{}>{}</th>').format(c.key, title, tcls, label))
+    out.append(Markup("</tr></thead><tbody>"))
     for r in rows:
-        rcls = f' class="{esc(r.cls)}"' if r.cls else ""
-        out.append(f'<tr data-row="{esc(r.key)}"{rcls}>')
+        rcls = Markup(' class="{}"').format(r.cls) if r.cls else ""
+        out.append(Markup('<tr data-row="{}"{}>').format(r.key, rcls))
         for c in columns:
             v = r.values.get(c.key)
             sd = r.sd.get(c.key)
             text = esc(fmt(v, c.kind))
             sub = r.sub.get(c.key)
             if sub:
-                text += f'<span class="sub">{esc(sub)}</span>'
-            attrs = f' data-key="{esc(c.key)}" data-value="{esc(data_value(v))}"'
+                text += Markup('<span class="sub">{}</span>').format(sub)
+            attrs = Markup(' data-key="{}" data-value="{}"').format(c.key, data_value(v))
             if sd is not None:
-                attrs += f' data-sd="{esc(data_value(sd))}"'
+                attrs += Markup(' data-sd="{}"').format(data_value(sd))
                 s = fmt_sd(sd, c.kind)
                 if s:
-                    text += f'<span class="sd">{esc(s)}</span>'
+                    text += Markup('<span class="sd">{}</span>').format(s)
             classes = []
             if c.kind in ("text", "bool"):
                 classes.append("text")
@@ -225,11 +231,11 @@ def render_table(name: str, columns: Sequence[Column], rows: Sequence[Row], *, s
             if c.key in r.cell_cls:
                 classes.append(r.cell_cls[c.key])
             if classes:
-                attrs += f' class="{" ".join(classes)}"'
-            out.append(f"<td{attrs}>{text}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table></div>")
-    return "".join(out)
+                attrs += Markup(' class="{}"').format(" ".join(classes))
+            out.append(Markup("<td{}>{}</td>").format(attrs, text))
+        out.append(Markup("</tr>"))
+    out.append(Markup("</tbody></table></div>"))
+    return Markup("").join(out)
 
 
 def table_records(columns: Sequence[Column], rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -238,33 +244,18 @@ def table_records(columns: Sequence[Column], rows: Sequence[Row]) -> list[dict[s
     for r in rows:
         rec: dict[str, Any] = {"row": r.key}
         for c in columns:
-            rec[c.key] = _plain(r.values.get(c.key))
+            rec[c.key] = json_ready(r.values.get(c.key))
             if c.key in r.sd:
-                rec[f"{c.key}_sd"] = _plain(r.sd[c.key])
+                rec[f"{c.key}_sd"] = json_ready(r.sd[c.key])
         recs.append(rec)
     return recs
 
 
-def kv_table(items: Iterable[tuple[str, Any]], name: str = "") -> str:
-    """A two-column key/value table (values escaped; ``Markup`` values inserted as they are)."""
-    attr = f' data-table="{esc(name)}"' if name else ""
-    rows = "".join(f'<tr><td>{esc(k)}</td><td data-key="{esc(k)}">{v if isinstance(v, Markup) else esc(v)}</td></tr>'
-                   for k, v in items)
-    return f'<div class="tablewrap"><table class="kv"{attr}><tbody>{rows}</tbody></table></div>'
-
-
-class Markup(str):
-    """Text that is already HTML (not escaped again)."""
-
-
-
-
-def _plain(v: Any) -> Any:
-    if hasattr(v, "item") and callable(v.item):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+def kv_table(items: Iterable[tuple[str, Any]], name: str = "") -> Markup:
+    """A two-column key/value table (values escaped unless :class:`Markup`)."""
+    attr = Markup(' data-table="{}"').format(name) if name else ""
+    rows = Markup("").join(Markup('<tr><td>{}</td><td data-key="{}">{}</td></tr>').format(k, k, v) for k, v in items)
+    return Markup('<div class="tablewrap"><table class="kv"{}><tbody>{}</tbody></table></div>').format(attr, rows)
 
 
 # ----------------------------------------------------------------------------------------------------- figures
@@ -277,27 +268,31 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def figure(png: Path, caption: str = "", *, alt: str = "", scale: float = 1.5) -> str:
-    """A ``<figure>`` with the PNG embedded as base64 (shown at ``1/scale`` of its pixel size: sharp on HiDPI)."""
+def figure(png: Path, caption: str = "", *, alt: str = "", scale: float = 1.5) -> Markup:
+    """A ``<figure>`` with the PNG embedded as base64 (shown at ``1/scale`` of its pixel size: sharp on HiDPI).
+
+    ``caption`` is text, or :class:`Markup`; ``alt`` (default: the caption's text) is always text.
+    """
     data = Path(png).read_bytes()
     w, h = png_size(data)
     b64 = base64.b64encode(data).decode("ascii")
-    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return (f'<figure data-png="{esc(Path(png).name)}"><img alt="{esc(alt or caption)}" width="{round(w / scale)}" '
-            f'height="{round(h / scale)}" src="data:image/png;base64,{b64}">{cap}</figure>')
+    cap = Markup("<figcaption>{}</figcaption>").format(caption) if caption else ""
+    alt = alt or (caption.striptags() if isinstance(caption, Markup) else caption)
+    return Markup('<figure data-png="{}"><img alt="{}" width="{}" height="{}" src="data:image/png;base64,{}">{}'
+                  "</figure>").format(Path(png).name, str(alt), round(w / scale), round(h / scale), b64, cap)
 
 
-def note(text: str, kind: str = "warn", title: str = "") -> str:
-    """A highlighted note: ``warn`` (yellow), ``info`` (blue) or ``error`` (red). ``text`` is HTML."""
-    head = f"<strong>{esc(title)}</strong> " if title else ""
-    return f'<div class="note {esc(kind)}" data-note="{esc(kind)}">{head}{text}</div>'
+def note(text: str, kind: str = "warn", title: str = "") -> Markup:
+    """A highlighted note: ``warn`` (yellow), ``info`` (blue) or ``error`` (red); ``text`` is text or Markup."""
+    head = Markup("<strong>{}</strong> ").format(title) if title else ""
+    return Markup('<div class="note {}" data-note="{}">{}{}</div>').format(kind, kind, head, text)
 
 
-def cards(items: Iterable[tuple[str, str, str]]) -> str:
-    """Headline numbers: (label, value HTML, comparison HTML) each."""
-    parts = [f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{value}</div>'
-             f'<div class="cmp">{cmp}</div></div>' for label, value, cmp in items]
-    return f'<div class="cards">{"".join(parts)}</div>'
+def cards(items: Iterable[tuple[str, str, str]]) -> Markup:
+    """Headline numbers: (label, value, comparison) each; value and comparison are text or Markup."""
+    card = Markup('<div class="card"><div class="label">{}</div><div class="value">{}</div><div class="cmp">{}</div>'
+                  "</div>")
+    return Markup('<div class="cards">{}</div>').format(Markup("").join(card.format(*item) for item in items))
 
 
 # ------------------------------------------------------------------------------------------------------ pages
@@ -322,26 +317,30 @@ class Document:
         self.kind = kind
         self.title = title
         self.subtitle = list(subtitle)
-        self.sections: list[tuple[str, str, str]] = []
+        self.sections: list[tuple[str, str, Markup]] = []
         self.warnings: list[str] = []
 
-    def add(self, sid: str, title: str, build: Callable[[], str], lead: str = "") -> None:
-        """Add a section whose body ``build()`` returns; errors are caught, shown and recorded in ``warnings``."""
+    def add(self, sid: str, title: str, build: Callable[[], Markup], lead: str = "") -> None:
+        """Add a section whose body ``build()`` returns; errors are caught, shown and recorded in ``warnings``.
+
+        The body, like ``lead``, is escaped unless it is :class:`Markup`.
+        """
         try:
-            body = build()
+            body = esc(build())
         except Exception as e:  # noqa: BLE001 - a report with one broken chart beats no report after a long run
             self.warnings.append(f"{title}: {type(e).__name__}: {e}")
             tb = "".join(traceback.format_exception_only(type(e), e)).strip()
-            body = note(f"This section could not be built: <code>{esc(tb)}</code>", "error")
+            body = note(Markup("This section could not be built: <code>{}</code>").format(tb), "error")
         if lead:
-            body = f'<p class="lead">{lead}</p>' + body
+            body = Markup('<p class="lead">{}</p>').format(lead) + body
         self.sections.append((sid, title, body))
 
     def render(self) -> str:
         """The whole page."""
-        nav = "".join(f'<a href="#{esc(sid)}">{esc(t)}</a>' for sid, t, _ in self.sections)
-        secs = "".join(f'<section id="{esc(sid)}"><h2>{esc(t)}</h2>{body}</section>' for sid, t, body in self.sections)
-        sub = "".join(f"<span>{s}</span>" for s in self.subtitle)
+        nav = Markup("").join(Markup('<a href="#{}">{}</a>').format(sid, t) for sid, t, _ in self.sections)
+        secs = Markup("").join(Markup('<section id="{}"><h2>{}</h2>{}</section>').format(sid, t, body)
+                               for sid, t, body in self.sections)
+        sub = Markup("").join(Markup("<span>{}</span>").format(s) for s in self.subtitle)
         kind = {"run": "Single run", "sweep": "Hyperparameter sweep", "comparison": "Comparison"}.get(self.kind, "")
         from dqlray import __version__
 
@@ -363,14 +362,3 @@ class Document:
         )
 
 
-def json_text(obj: Any) -> str:
-    """Indented JSON with NaN/inf written as null."""
-    return json.dumps(_deep_plain(obj), indent=2) + "\n"
-
-
-def _deep_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _deep_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_deep_plain(v) for v in obj]
-    return _plain(obj)

@@ -7,6 +7,7 @@ left open in a long-running driver.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dqlray.report.format import metric_label, param_label, pretty_name
+from dqlray.runinfo import guarded_write
 
 DPI = 150
 AGENT = "#1f4e9c"
@@ -51,16 +53,28 @@ def _figure(width: float, height: float, **kw: Any) -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     """Save as PNG, reduced to a 256-colour palette: a third of the bytes, no visible change for line charts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    try:
-        from PIL import Image  # a dependency of matplotlib
+    tmp = path.with_name(f".{path.name}.partial.png")
+    try:  # written to a temporary name, then renamed: a full disk leaves the earlier picture (issue 13)
+        with guarded_write(path.parent, path.name):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(tmp, dpi=DPI, facecolor="white")
+            small = None
+            try:
+                from PIL import Image  # a dependency of matplotlib
 
-        with Image.open(path) as im:
-            q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        q.save(path, optimize=True)
-    except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
-        pass
+                with Image.open(tmp) as im:
+                    q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                                   dither=Image.Dither.NONE)
+                buf = io.BytesIO()
+                q.save(buf, format="PNG", optimize=True)
+                small = buf.getvalue()
+            except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
+                pass
+            if small is not None:
+                tmp.write_bytes(small)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -131,12 +145,17 @@ def plot_equity(eq: pd.DataFrame, path: Path, *, title: str, show_seeds: bool = 
         if "agent_mean" in eq:
             y = eq["agent_mean"].to_numpy(dtype=float)
             ax.plot(x, y, color=AGENT, lw=2.4, zorder=4, label=f"agent, mean of seeds  {pct(y[-1] - 1)}")
-        ax.axhline(1.0, color="#c5cad4", lw=0.8, zorder=1)
-        ax.set_title(title)
-        ax.set_ylabel("value of 1 invested")
-        _date_axis(ax)
-        _legend_outside(ax)
-        return _save(fig, path)
+        return _finish_value_axes(fig, ax, title, "value of 1 invested", path)
+
+
+def _finish_value_axes(fig: Any, ax: Any, title: str, ylabel: str, path: Path) -> Path:
+    """The common end of an equity chart: the break-even line at 1, title, labels, date axis and legend; saved."""
+    ax.axhline(1.0, color="#c5cad4", lw=0.8, zorder=1)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    _date_axis(ax)
+    _legend_outside(ax)
+    return _save(fig, path)
 
 
 def drawdown(values: np.ndarray) -> np.ndarray:
@@ -374,7 +393,7 @@ def _log_axis(ax: Any) -> None:
     """Log x with 1-2-5 ticks labelled like 2e−4 (matplotlib's minor labels collide on a short range)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from dqlray.report.format import fmt
+    from dqlray.formatting import fmt
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -469,12 +488,7 @@ def plot_compare_equity(series: Sequence[tuple[str, np.ndarray, np.ndarray]],
             ax.plot(x, y, color="#2b2b2b", ls=(0, (5, 2)), lw=1.2, label=f"{label}  {pct(y[-1] - 1)}", zorder=2)
         for i, (label, x, y) in enumerate(series):
             ax.plot(x, y, color=PALETTE[i % len(PALETTE)], lw=2.0, label=f"{label}  {pct(y[-1] - 1)}", zorder=3)
-        ax.axhline(1.0, color="#c5cad4", lw=0.8, zorder=1)
-        ax.set_title(title)
-        ax.set_ylabel("value of 1 invested (agent mean of seeds)")
-        _date_axis(ax)
-        _legend_outside(ax)
-        return _save(fig, path)
+        return _finish_value_axes(fig, ax, title, "value of 1 invested (agent mean of seeds)", path)
 
 
 def plot_compare_bars(labels: Sequence[str], means: Sequence[float], sds: Sequence[float], refs: Sequence[float | None],

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from markupsafe import Markup
 
+from dqlray.formatting import fmt
 from dqlray.report import plots
 from dqlray.report.folders import RunFolder, load_run, resolve_data_file
-from dqlray.report.format import METRICS, fmt, pretty_name
-from dqlray.report.html import (
-    Document,
-    Markup,
-    Report,
-    cards,
-    esc,
-    figure,
-    json_text,
-    kv_table,
-    note,
-    render_table,
-    table_records,
+from dqlray.report.format import METRICS, pretty_name
+from dqlray.report.html import Document, Report, cards, figure, kv_table, note, render_table, table_records
+from dqlray.report.tables import (
+    evaluation_rows,
+    mean_sd_html,
+    metric_columns,
+    metrics_from_curves,
+    save_table,
+    seed_label,
+    versus,
 )
-from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, metrics_from_curves, seed_label, versus
 from dqlray.runinfo import atomic_write_text
 
 REPORT_DIR = "report"
@@ -51,16 +48,16 @@ def build_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
     test_dates = split.get("test", {}).get("dates")
     costs = ev.get("costs_bps") if ev else run.meta.get("costs_bps")
     n_seeds = len(run.meta.get("seeds") or (ev or {}).get("seeds") or [])
-    sub = [esc(agent), f"<code>{esc(cfg.get('data', {}).get('data_file', '?'))}</code>"]
+    sub = [agent, Markup("<code>{}</code>").format(cfg.get("data", {}).get("data_file", "?"))]
     if test_dates:
-        sub.append(f"test {esc(test_dates[0])} → {esc(test_dates[1])}")
-    sub += [f"costs {esc(fmt(costs, 'float1'))} bps", f"{n_seeds} seeds"]
+        sub.append(f"test {test_dates[0]} → {test_dates[1]}")
+    sub += [f"costs {fmt(costs, 'float1')} bps", f"{n_seeds} seeds"]
     doc = Document("run", run.name, sub)
 
     if ev is None:
-        doc.add("summary", "Summary", lambda: note(
+        doc.add("summary", "Summary", lambda: note(Markup(
             "This run has no test evaluation yet (<code>eval.json</code> is missing): it was stopped before the end, "
-            "or is still training. Resume it with <code>--resume</code>; its training so far is shown below.", "info"))
+            "or is still training. Resume it with <code>--resume</code>; its training so far is shown below."), "info"))
     else:
         doc.add("summary", "Summary", lambda: _summary(run))
         if "test" in run.equity:
@@ -84,7 +81,7 @@ def build_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
                   warnings=tuple(doc.warnings), kind="run")
 
 
-def _summary(run: RunFolder) -> str:
+def _summary(run: RunFolder) -> Markup:
     ev = run.evaluation
     assert ev is not None
     s = ev["agent"]["summary"]
@@ -97,7 +94,7 @@ def _summary(run: RunFolder) -> str:
         kind = METRICS[key].kind
         items.append((METRICS[key].label, mean_sd_html(s[key]["mean"], s[key]["std"], kind),
                       versus(s[key]["mean"], bh.get(key), kind) if key not in ("num_trades", "exposure") else
-                      f"buy &amp; hold {esc(fmt(bh.get(key), kind))}"))
+                      f"buy & hold {fmt(bh.get(key), kind)}"))
     others = {k: v for k, v in ev["baselines"].items() if k != "always_flat"}
     best_name, best = max(others.items(), key=lambda kv: kv[1].get("sharpe", float("-inf")), default=(None, None))
     beaten = [k for k, v in ev["baselines"].items() if s["sharpe"]["mean"] > v.get("sharpe", float("inf"))]
@@ -105,19 +102,18 @@ def _summary(run: RunFolder) -> str:
     dates = split.get("dates") or ["?", "?"]
     bars = ev.get("bars") or [0, 0]
     sentence = (
-        f"On the test split ({esc(dates[0])} to {esc(dates[1])}, {bars[1] - bars[0]} bars, never seen in training or "
-        f"selection), the agent's mean over {n} seeds has a Sharpe ratio of {esc(fmt(s['sharpe']['mean'], 'ratio'))} "
-        f"(sd {esc(fmt(s['sharpe']['std'], 'ratio'))} across seeds) and a total return of "
-        f"{esc(fmt(s['total_return']['mean'], 'pct'))}, after {esc(fmt(ev.get('costs_bps'), 'float1'))} bps of costs "
+        f"On the test split ({dates[0]} to {dates[1]}, {bars[1] - bars[0]} bars, never seen in training or "
+        f"selection), the agent's mean over {n} seeds has a Sharpe ratio of {fmt(s['sharpe']['mean'], 'ratio')} "
+        f"(sd {fmt(s['sharpe']['std'], 'ratio')} across seeds) and a total return of "
+        f"{fmt(s['total_return']['mean'], 'pct')}, after {fmt(ev.get('costs_bps'), 'float1')} bps of costs "
         f"per unit traded. It beats {len(beaten)} of {len(ev['baselines'])} baselines on Sharpe"
     )
     if best_name is not None:
-        sentence += (f"; the best baseline is {esc(pretty_name(best_name))} at "
-                     f"{esc(fmt(best.get('sharpe'), 'ratio'))}")
-    return cards(items) + f'<p class="lead" style="margin-top:14px">{sentence}.</p>'
+        sentence += f"; the best baseline is {pretty_name(best_name)} at {fmt(best.get('sharpe'), 'ratio')}"
+    return cards(items) + Markup('<p class="lead" style="margin-top:14px">{}.</p>').format(sentence)
 
 
-def _equity(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
+def _equity(run: RunFolder, out: Path, images: dict[str, Path]) -> Markup:
     html = []
     eq = run.equity["test"]
     images["equity_test"] = plots.plot_equity(eq, out / "equity_test.png", title=_title(run, "Test split: equity"))
@@ -130,18 +126,18 @@ def _equity(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
         html.append(figure(images["equity_val"], "Validation split, the same curves. Training scores the agent here "
                            "after every episode, and sweeps pick hyperparameters on it, so it flatters the agent: judge "
                            "on the test split.", alt="validation equity curves"))
-    return "".join(html)
+    return Markup("").join(html)
 
 
-def _drawdown(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
+def _drawdown(run: RunFolder, out: Path, images: dict[str, Path]) -> Markup:
     images["drawdown_test"] = plots.plot_drawdown(run.equity["test"], out / "drawdown_test.png",
                                                   title=_title(run, "Test split: drawdown"))
     return figure(images["drawdown_test"], "How far below its previous high each curve is: the agent's mean curve "
-                  "(filled), each seed (thin) and buy &amp; hold; legend: the worst. Every baseline's worst drawdown is "
+                  "(filled), each seed (thin) and buy & hold; legend: the worst. Every baseline's worst drawdown is "
                   "in the metrics table.", alt="drawdown")
 
 
-def _positions(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
+def _positions(run: RunFolder, out: Path, images: dict[str, Path]) -> Markup:
     ev = run.evaluation or {}
     pos = run.positions["test"]
     eq = run.equity["test"]
@@ -154,64 +150,65 @@ def _positions(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
     close, why = _close_prices(run, eq["date"])
     html = []
     if close is None:
-        html.append(note(f"{why} The price panel is omitted; the positions of every seed are shown.", "warn"))
+        html.append(note(why + " The price panel is omitted; the positions of every seed are shown.", "warn"))
     images["positions_test"] = plots.plot_price_positions(
         eq["date"].to_numpy(), close, pos, seeds[k] if seeds else "agent_seed0", out / "positions_test.png",
         title=_title(run, f"Test split: close price, positions and trades of {label} (median Sharpe)"),
         labels=[seed_label(ev, i) for i in range(len(seeds))])
-    html.append(figure(images["positions_test"], f"Top: close price, shaded while {esc(label)} (the seed with the "
+    html.append(figure(images["positions_test"], f"Top: close price, shaded while {label} (the seed with the "
                        "median test Sharpe) is long, with its buys ▲ and sells ▼ at the close where it decided. "
                        "Bottom: the position of every seed over the test split.", alt="positions and trades"))
-    return "".join(html)
+    return Markup("").join(html)
 
 
-def _close_prices(run: RunFolder, dates: pd.Series) -> tuple[np.ndarray | None, str]:
+def _close_prices(run: RunFolder, dates: pd.Series) -> tuple[np.ndarray | None, Markup]:
     """The close at each bar of the equity curve, from the run's price file (checked against its data hash)."""
     from dqlray.data import data_hash, load_ohlcv
 
     name = run.config.get("data", {}).get("data_file") or run.meta.get("data_file")
     path = resolve_data_file(name, run.path)
     if path is None:
-        return None, (f"The price file <code>{esc(name)}</code> was not found (looked relative to the current folder "
-                      "and to the run folder and its parents).")
+        return None, Markup("The price file <code>{}</code> was not found (looked relative to the current folder, "
+                            "to the run folder and its parents, and in their data/ folders).").format(name)
     try:
         data = load_ohlcv(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file: say so, keep the rest of the report
-        return None, f"The price file <code>{esc(path)}</code> could not be read: {esc(e)}."
+        return None, Markup("The price file <code>{}</code> could not be read: {}.").format(path, e)
     want = run.meta.get("data_hash")
     if want and data_hash(data) != want:
-        return None, (f"The price file <code>{esc(path)}</code> has changed since the run (data hash "
-                      f"{esc(data_hash(data))}, the run used {esc(want)}).")
+        return None, Markup("The price file <code>{}</code> has changed since the run (data hash {}, the run used "
+                            "{}).").format(path, data_hash(data), want)
     close = pd.Series(data.close, index=pd.DatetimeIndex(data.time)).reindex(pd.DatetimeIndex(dates))
     if close.isna().any():
-        return None, f"The dates of <code>{esc(path)}</code> do not cover the run's test split."
-    return close.to_numpy(dtype=float), ""
+        return None, Markup("The dates of <code>{}</code> do not cover the run's test split.").format(path)
+    return close.to_numpy(dtype=float), Markup("")
 
 
-def _metrics(run: RunFolder, out: Path, tables: dict[str, Path]) -> str:
+def _metrics(run: RunFolder, out: Path, tables: dict[str, Path]) -> Markup:
     ev = run.evaluation
     assert ev is not None
     cols = metric_columns()
     rows = evaluation_rows(ev)
-    _write_table(out, "metrics_test", table_records(cols, rows), tables)
-    html = [f"<h3>Test split <small>(from <code>eval.json</code>; costs {esc(fmt(ev.get('costs_bps'), 'float1'))} "
-            "bps)</small></h3>", render_table("metrics_test", cols, rows),
-            '<p class="lead" style="margin-top:8px">Agent: mean ± standard deviation over seeds, then each seed. Best '
-            "value per column in green (agent mean and baselines). Hover a header for its definition.</p>"]
+    save_table(out, "metrics_test", table_records(cols, rows), tables)
+    html = [Markup("<h3>Test split <small>(from <code>eval.json</code>; costs {} bps)</small></h3>").format(
+                fmt(ev.get("costs_bps"), "float1")), render_table("metrics_test", cols, rows),
+            Markup('<p class="lead" style="margin-top:8px">Agent: mean ± standard deviation over seeds, then each '
+                   "seed. Best value per column in green (agent mean and baselines). Hover a header for its "
+                   "definition.</p>")]
     if "val" in run.equity:
         periods = int(run.config.get("train", {}).get("periods_per_year", 252))
         val = metrics_from_curves(run.equity["val"], run.positions.get("val"), periods)
         vrows = evaluation_rows({**val, "seeds": ev.get("seeds")}, seeds=False)
-        _write_table(out, "metrics_val", table_records(cols, vrows), tables)
-        html += ["<h3>Validation split <small>(recomputed from <code>equity_val.csv</code>)</small></h3>",
+        save_table(out, "metrics_val", table_records(cols, vrows), tables)
+        html += [Markup("<h3>Validation split <small>(recomputed from <code>equity_val.csv</code>)</small></h3>"),
                  render_table("metrics_val", cols, vrows)]
-    return "".join(html)
+    return Markup("").join(html)
 
 
-def _training(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
+def _training(run: RunFolder, out: Path, images: dict[str, Path]) -> Markup:
     m = run.metrics
     if m is None or not len(m):
-        return note("No <code>metrics.csv</code>: nothing was trained yet.", "info")
+        return note(Markup("No <code>metrics.csv</code>: nothing was trained yet."), "info")
     images["training"] = plots.plot_training(m, out / "training.png", title=_title(run, "Training"))
     last = m.iloc[-1]
     facts = [f"{int(last.get('episodes', len(m)))} episodes"]
@@ -223,17 +220,16 @@ def _training(run: RunFolder, out: Path, images: dict[str, Path]) -> str:
         facts.append(f"{fmt(last['time_total_s'], 'seconds')} of training")
     return figure(images["training"], "Per episode: training return, loss, exploration rate, mean Q value, and the "
                   "validation Sharpe ratio and return (mean over seeds, band ± one standard deviation across seeds, "
-                  "dotted: the worst seed's Sharpe). "
-                  + esc("; ".join(facts)) + ".", alt="training curves")
+                  "dotted: the worst seed's Sharpe). " + "; ".join(facts) + ".", alt="training curves")
 
 
-def _provenance(run: RunFolder) -> str:
+def _provenance(run: RunFolder) -> Markup:
     meta = run.meta
     split = meta.get("split", {})
+    code = Markup("<code>{}</code>").format
     items: list[tuple[str, Any]] = [
-        ("experiment", run.name), ("folder", Markup(f"<code>{esc(run.path.resolve())}</code>")),
-        ("data file", Markup(f"<code>{esc(meta.get('data_file'))}</code>")),
-        ("data hash", Markup(f"<code>{esc(meta.get('data_hash'))}</code>")), ("bars", meta.get("bars")),
+        ("experiment", run.name), ("folder", code(run.path.resolve())), ("data file", code(meta.get("data_file"))),
+        ("data hash", code(meta.get("data_hash"))), ("bars", meta.get("bars")),
     ]
     for part in ("train", "val", "test"):
         if part in split:
@@ -242,18 +238,17 @@ def _provenance(run: RunFolder) -> str:
             items.append((f"{part} split", f"{d[0]} → {d[1]} ({b - a} bars)"))
     items += [("costs", f"{fmt(meta.get('costs_bps'), 'float1')} bps per unit traded (fees + slippage)"),
               ("seeds", ", ".join(map(str, meta.get("seeds", [])))),
-              ("git commit", Markup(f"<code>{esc(meta.get('git_commit'))}</code>")),
+              ("git commit", code(meta.get("git_commit"))),
               ("started", meta.get("started")),
-              ("command", Markup(f"<code>{esc(' '.join(map(str, meta.get('command', []))))}</code>"))]
+              ("command", code(" ".join(map(str, meta.get("command", [])))))]
     versions = list((meta.get("versions") or {}).items())
-    left = "<h3>Run</h3>" + kv_table(items, "provenance")
-    right = "<h3>Versions</h3>" + kv_table(versions, "versions")
-    cfg_tables = "".join(f"<div><h3>{esc(sec)}</h3>{kv_table(_flat(vals), f'config_{sec}')}</div>"
-                         for sec, vals in run.config.items() if isinstance(vals, dict))
-    raw = esc(yaml.safe_dump(run.config, sort_keys=False))
-    return (f'<div class="grid2"><div>{left}</div><div>{right}</div></div>'
-            f'<h3>Resolved configuration</h3><div class="grid2">{cfg_tables}</div>'
-            f"<details><summary>config.yaml as saved</summary><pre>{raw}</pre></details>")
+    cfg_tables = Markup("").join(Markup("<div><h3>{}</h3>{}</div>").format(sec, kv_table(_flat(vals), f"config_{sec}"))
+                                 for sec, vals in run.config.items() if isinstance(vals, dict))
+    return Markup('<div class="grid2"><div><h3>Run</h3>{}</div><div><h3>Versions</h3>{}</div></div>'
+                  '<h3>Resolved configuration</h3><div class="grid2">{}</div>'
+                  "<details><summary>config.yaml as saved</summary><pre>{}</pre></details>").format(
+        kv_table(items, "provenance"), kv_table(versions, "versions"), cfg_tables,
+        yaml.safe_dump(run.config, sort_keys=False))
 
 
 def _flat(d: dict[str, Any]) -> list[tuple[str, str]]:
@@ -263,11 +258,3 @@ def _flat(d: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _title(run: RunFolder, what: str) -> str:
     return f"{what} · {run.name}"
-
-
-def _write_table(out: Path, name: str, records: list[dict[str, Any]], tables: dict[str, Path]) -> None:
-    buf = io.StringIO()
-    pd.DataFrame(records).to_csv(buf, index=False)
-    atomic_write_text(out / f"{name}.csv", buf.getvalue())
-    atomic_write_text(out / f"{name}.json", json_text(records))
-    tables[name] = out / f"{name}.csv"

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+from markupsafe import Markup
 
+from dqlray.formatting import fmt
 from dqlray.metrics import interpret_dsr
 from dqlray.report import plots
 from dqlray.report.folders import SweepFolder, load_sweep
-from dqlray.report.format import fmt, metric_label, number_kind, param_label
-from dqlray.report.html import (
-    Column,
-    Document,
-    Markup,
-    Report,
-    Row,
-    cards,
-    esc,
-    figure,
-    json_text,
-    kv_table,
-    note,
-    render_table,
-    table_records,
-)
+from dqlray.report.format import metric_label, number_kind, param_label
+from dqlray.report.html import Column, Document, Report, Row, cards, figure, kv_table, note, render_table, table_records
 from dqlray.report.importance import Importance, param_importance, param_scale
-from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, versus
-from dqlray.runinfo import atomic_write_text
+from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, save_table, versus
+from dqlray.runinfo import atomic_write_text, json_text
 
 REPORT_DIR = "report"
 DSR_MEANING = ("The Deflated Sharpe Ratio is the probability that the winner's true Sharpe ratio is above the best "
@@ -45,19 +32,19 @@ def build_sweep_report(exp_dir: str | Path, out_dir: str | Path | None = None) -
     images: dict[str, Path] = {}
     tables: dict[str, Path] = {}
     s = sw.summary or {}
-    sub = [f"{esc(s.get('search') or sw.meta.get('sweep', {}).get('search', '?'))} search",
-           f"{len(sw.trials)} trials", f"ranked by {esc(metric_label(sw.metric))}"]
+    sub = [f"{s.get('search') or sw.meta.get('sweep', {}).get('search', '?')} search",
+           f"{len(sw.trials)} trials", f"ranked by {metric_label(sw.metric)}"]
     data_file = s.get("data_file") or sw.meta.get("base_config", {}).get("data", {}).get("data_file")
     if data_file:
-        sub.append(f"<code>{esc(data_file)}</code>")
+        sub.append(Markup("<code>{}</code>").format(data_file))
     doc = Document("sweep", sw.name, sub)
     doc.add("summary", "Summary", lambda: _summary(sw))
     if sw.summary and "test" in sw.summary:
         doc.add("winner", "Winner on the test split", lambda: _winner(sw, out, images, tables))
     else:
-        doc.add("winner", "Winner on the test split", lambda: note(
+        doc.add("winner", "Winner on the test split", lambda: note(Markup(
             "No <code>summary.json</code>: the winner has not been evaluated on the test split yet (the sweep did not "
-            "complete). Resume it with <code>tune_main.py --resume</code>.", "info"))
+            "complete). Resume it with <code>tune_main.py --resume</code>."), "info"))
     doc.add("trials", "Trials", lambda: _trials(sw, out, images, tables))
     doc.add("hyperparameters", "Hyperparameters", lambda: _hyperparameters(sw, out, images, tables))
     doc.add("reproduce", "Configuration and provenance", lambda: _provenance(sw))
@@ -96,7 +83,7 @@ def rungs(sw: SweepFolder) -> list[int]:
     return out
 
 
-def _summary(sw: SweepFolder) -> str:
+def _summary(sw: SweepFolder) -> Markup:
     s = sw.summary or {}
     t = sw.trials
     status = _status(sw)
@@ -104,7 +91,7 @@ def _summary(sw: SweepFolder) -> str:
     n_stop = sum(v == "stopped" for v in status.values())
     n_err = sum(v == "error" for v in status.values())
     expected = sw.meta.get("expected_trials")
-    items = [("Trials", esc(len(t)), f"{n_full} full budget · {n_stop} stopped by ASHA"
+    items = [("Trials", str(len(t)), f"{n_full} full budget · {n_stop} stopped by ASHA"
               + (f" · {n_err} failed" if n_err else "") + (f" · {expected} planned" if expected else ""))]
     best = s.get("best_trial")
     if best is None and len(t):
@@ -115,8 +102,8 @@ def _summary(sw: SweepFolder) -> str:
         sd_key = f"{sw.metric}_std"
         sd = row.iloc[0][sd_key] if len(row) and sd_key in row else None
         items.append((f"Best {metric_label(sw.metric)}", mean_sd_html(v, sd, number_kind(sw.metric)),
-                      f"trial <code>{esc(best)}</code>"))
-    lead = ""
+                      Markup("trial <code>{}</code>").format(best)))
+    lead = Markup("")
     if "test" in s:
         ev = s["test"]
         a = ev["agent"]["summary"]
@@ -128,20 +115,20 @@ def _summary(sw: SweepFolder) -> str:
         d = s.get("deflated_sharpe") or {}
         if d.get("dsr") is not None:
             cls = "up" if d["dsr"] >= 0.95 else "down" if d["dsr"] < 0.5 else ""
-            items.append(("Deflated Sharpe", f'<span class="{cls}">{esc(fmt(d["dsr"], "ratio"))}</span>',
-                          f"best of {esc(d.get('n_trials'))} trials"))
-            lead = (f'<p class="lead" style="margin-top:14px"><strong>{esc(interpret_dsr(d["dsr"]))}</strong> '
-                    f"{esc(DSR_MEANING.format(n=d.get('n_trials')))}</p>")
+            items.append(("Deflated Sharpe", Markup('<span class="{}">{}</span>').format(cls, fmt(d["dsr"], "ratio")),
+                          f"best of {d.get('n_trials')} trials"))
+            lead = Markup('<p class="lead" style="margin-top:14px"><strong>{}</strong> {}</p>').format(
+                interpret_dsr(d["dsr"]), DSR_MEANING.format(n=d.get("n_trials")))
     return cards(items) + lead
 
 
-def _winner(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> str:
+def _winner(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> Markup:
     s = sw.summary or {}
     ev = s["test"]
-    html = [f'<p class="lead">Trial <code>{esc(s.get("best_trial"))}</code> had the best '
-            f"{esc(metric_label(sw.metric))} among the trials that used the full budget. Its checkpoint was "
-            f"evaluated once on the untouched test split ({esc(s.get('evaluated', '?'))}), every seed next to every "
-            f"baseline, with {esc(fmt(ev.get('costs_bps'), 'float1'))} bps of costs per unit traded.</p>"]
+    html = [Markup('<p class="lead">Trial <code>{}</code> had the best {} among the trials that used the full budget. '
+                   "Its checkpoint was evaluated once on the untouched test split ({}), every seed next to every "
+                   "baseline, with {} bps of costs per unit traded.</p>").format(
+        s.get("best_trial"), metric_label(sw.metric), s.get("evaluated", "?"), fmt(ev.get("costs_bps"), "float1"))]
     if sw.equity is not None:
         images["equity_test"] = plots.plot_equity(sw.equity, out / "equity_test.png",
                                                   title=f"Winner on the test split: equity · {sw.name}")
@@ -150,28 +137,29 @@ def _winner(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[st
         images["drawdown_test"] = plots.plot_drawdown(sw.equity, out / "drawdown_test.png",
                                                       title=f"Winner on the test split: drawdown · {sw.name}")
         html.append(figure(images["drawdown_test"], "How far below its previous high each curve is (the winner's "
-                           "mean filled, each seed thin, buy &amp; hold dashed); legend: the worst.",
+                           "mean filled, each seed thin, buy & hold dashed); legend: the worst.",
                            alt="winner drawdown"))
     cols = metric_columns()
     rows = evaluation_rows(ev)
-    _write(out, "metrics_test", table_records(cols, rows), tables)
-    html.append("<h3>Test metrics</h3>" + render_table("metrics_test", cols, rows))
+    save_table(out, "metrics_test", table_records(cols, rows), tables)
+    html.append(Markup("<h3>Test metrics</h3>") + render_table("metrics_test", cols, rows))
     d = s.get("deflated_sharpe") or {}
     dsr_items: list[tuple[str, Any]] = [
         ("deflated Sharpe ratio", fmt(d.get("dsr"), "float3")),
         ("test Sharpe of the mean curve", fmt(d.get("sharpe"), "ratio")),
         ("expected best of N unskilled trials (SR₀)", fmt(d.get("sr0"), "ratio")),
         ("trials N", d.get("n_trials")),
-        ("meaning", Markup(f"<strong>{esc(interpret_dsr(d['dsr']))}</strong>" if d.get("dsr") is not None else "")),
+        ("meaning", Markup("<strong>{}</strong>").format(interpret_dsr(d["dsr"])) if d.get("dsr") is not None else ""),
     ]
     params = [(param_label(k), _param_text(v)) for k, v in (s.get("best_params") or {}).items()]
-    html.append('<div class="grid2"><div><h3>Deflated Sharpe ratio</h3>' + kv_table(dsr_items, "dsr")
-                + f'<p class="lead" style="margin-top:8px">{esc(DSR_MEANING.format(n=d.get("n_trials", "N")))} '
-                "Values near 1 mean skill; below 0.5, luck explains the result.</p></div>"
-                '<div><h3>Winning hyperparameters</h3>' + kv_table(params, "best_params")
-                + '<p class="lead" style="margin-top:8px">Re-train them with '
-                  f"<code>python train_single.py --config {esc(sw.path / 'best_config.yaml')}</code>.</p></div></div>")
-    return "".join(html)
+    html.append(Markup('<div class="grid2"><div><h3>Deflated Sharpe ratio</h3>{}'
+                       '<p class="lead" style="margin-top:8px">{} Values near 1 mean skill; below 0.5, luck explains '
+                       "the result.</p></div>"
+                       '<div><h3>Winning hyperparameters</h3>{}<p class="lead" style="margin-top:8px">Re-train them with '
+                       "<code>python train_single.py --config {}</code>.</p></div></div>").format(
+        kv_table(dsr_items, "dsr"), DSR_MEANING.format(n=d.get("n_trials", "N")), kv_table(params, "best_params"),
+        sw.path / "best_config.yaml"))
+    return Markup("").join(html)
 
 
 def _param_text(v: Any) -> str:
@@ -203,7 +191,7 @@ def _trial_columns(sw: SweepFolder) -> list[Column]:
     return cols
 
 
-def _trials(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> str:
+def _trials(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> Markup:
     status = _status(sw)
     best = (sw.summary or {}).get("best_trial")
     html = []
@@ -213,29 +201,30 @@ def _trials(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[st
                                                                     f"{sw.name}")
         long = pd.concat([df.assign(trial_id=tid)[["trial_id", "episodes", sw.metric]] for tid, df in sw.curves.items()
                           if "episodes" in df and sw.metric in df], ignore_index=True)
-        _write(out, "curves", long.to_dict("records"), tables)
+        save_table(out, "curves", long.to_dict("records"), tables)
         html.append(figure(images["rungs"], "Each line is a trial's validation score after each episode. At every "
                            "ASHA rung (dashed) only the best 1/reduction_factor of the trials that reached it go on; "
                            "the others stop there (✕). The winner is the best trial that ran the full budget.",
                            alt="rung chart"))
     else:
-        html.append(note("No per-trial <code>result.json</code> found: the learning curves are not available.", "info"))
+        html.append(note(Markup("No per-trial <code>result.json</code> found: the learning curves are not available."),
+                         "info"))
     cols = _trial_columns(sw)
     rows = []
     for _, r in sw.trials.iterrows():
         tid = str(r["trial_id"])
         rows.append(Row(tid, {c.key: r[c.key] for c in cols}, cls="best" if tid == best else "", compete=False))
-    html.append("<h3>All trials</h3>"
-                '<p class="lead">Click a header to sort. Validation metrics only: the test split is not used to rank. '
-                "A trial stopped by ASHA is scored at the budget it reached. The winner is highlighted.</p>"
+    html.append(Markup("<h3>All trials</h3>"
+                       '<p class="lead">Click a header to sort. Validation metrics only: the test split is not used to '
+                       "rank. A trial stopped by ASHA is scored at the budget it reached. The winner is highlighted.</p>")
                 + render_table("trials", cols, rows, sortable=True))
-    return "".join(html)
+    return Markup("").join(html)
 
 
-def _hyperparameters(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> str:
+def _hyperparameters(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> Markup:
     params = sw.params
     if not params:
-        return note("No searched hyperparameters in <code>trials.csv</code>.", "info")
+        return note(Markup("No searched hyperparameters in <code>trials.csv</code>."), "info")
     space = sw.meta.get("space") or {}
     scales = {p: param_scale(p, space.get(p), sw.trials[p]) for p in params}
     scales = {p: "linear" if v == "int" else v for p, v in scales.items()}
@@ -247,69 +236,62 @@ def _hyperparameters(sw: SweepFolder, out: Path, images: dict[str, Path], tables
                    "axis; choices as categories.", alt="hyperparameters against the validation metric")]
     imp = param_importance(sw.trials, params, sw.metric, space)
     html.append(_importance_html(imp, sw, out, images, tables))
-    return "".join(html)
+    return Markup("").join(html)
 
 
 def _importance_html(imp: Importance, sw: SweepFolder, out: Path, images: dict[str, Path],
-                     tables: dict[str, Path]) -> str:
+                     tables: dict[str, Path]) -> Markup:
     records = [{"param": k, "importance": v} for k, v in imp.values.items()]
-    _write(out, "importance", records, tables)
+    save_table(out, "importance", records, tables)
     atomic_write_text(out / "importance_meta.json", json_text({"method": imp.method, "n_trials": imp.n_trials,
                                                                "note": imp.note}))
-    html = ["<h3>Which hyperparameters mattered</h3>"]
+    html = [Markup("<h3>Which hyperparameters mattered</h3>")]
     if not imp.values:
-        return "".join(html) + note(esc(imp.note), "info")
+        return html[0] + note(imp.note, "info")
     images["importance"] = plots.plot_importance(imp.values, imp.method, out / "importance.png",
                                                  title=f"Hyperparameter importance · {sw.name}")
     caveat = (f" With only {imp.n_trials} trials this is a hint, not a finding: tens of trials are needed."
               if imp.n_trials < 20 else "")
     html.append(figure(images["importance"], f"Share of the variation of the "
-                       f"{esc(metric_label(sw.metric))} across {imp.n_trials} trials explained by each "
-                       f"hyperparameter ({esc(imp.method)}).{esc(caveat)} {esc(imp.note)}", alt="importance"))
+                       f"{metric_label(sw.metric)} across {imp.n_trials} trials explained by each "
+                       f"hyperparameter ({imp.method}).{caveat} {imp.note}", alt="importance"))
     cols = [Column("param", "Hyperparameter", "text"), Column("importance", "Importance", "pct")]
     rows = [Row(k, {"param": param_label(k), "importance": v}) for k, v in imp.values.items()]
-    html.append(f'<div style="max-width:520px">{render_table("importance", cols, rows)}</div>')
-    return "".join(html)
+    html.append(Markup('<div style="max-width:520px">{}</div>').format(render_table("importance", cols, rows)))
+    return Markup("").join(html)
 
 
-def _provenance(sw: SweepFolder) -> str:
+def _provenance(sw: SweepFolder) -> Markup:
     s = sw.summary or {}
     m = sw.meta
     st = m.get("sweep") or {}
+    code = Markup("<code>{}</code>").format
     items: list[tuple[str, Any]] = [
-        ("experiment", sw.name), ("folder", Markup(f"<code>{esc(sw.path.resolve())}</code>")),
+        ("experiment", sw.name), ("folder", code(sw.path.resolve())),
         ("search", st.get("search") or s.get("search")), ("metric", f"{sw.metric} (validation, maximised)"),
         ("trials", f"{len(sw.trials)} of {m.get('expected_trials', '?')} planned"),
         ("ASHA", f"grace period {st.get('grace_period')}, reduction factor {st.get('reduction_factor')}, "
                  f"max {sw.max_t} episodes" if st.get("scheduler", "asha") == "asha" else "off"),
-        ("data file", Markup(f"<code>{esc(s.get('data_file') or _base_data_file(m))}</code>")),
-        ("data hash", Markup(f"<code>{esc(s.get('data_hash') or m.get('data_hash'))}</code>")),
-        ("git commit", Markup(f"<code>{esc(s.get('git_commit') or m.get('git_commit'))}</code>")),
+        ("data file", code(s.get("data_file") or _base_data_file(m))),
+        ("data hash", code(s.get("data_hash") or m.get("data_hash"))),
+        ("git commit", code(s.get("git_commit") or m.get("git_commit"))),
         ("test evaluated", s.get("evaluated", "not yet")),
     ]
     space = [(param_label(k), v) for k, v in (m.get("space") or {}).items()]
     versions = list((s.get("versions") or m.get("versions") or {}).items())
-    html = (f'<div class="grid2"><div><h3>Sweep</h3>{kv_table(items, "provenance")}</div>'
-            f'<div><h3>Search space</h3>{kv_table(space, "space")}<h3>Versions</h3>{kv_table(versions, "versions")}'
-            "</div></div>")
+    html = Markup('<div class="grid2"><div><h3>Sweep</h3>{}</div><div><h3>Search space</h3>{}<h3>Versions</h3>{}'
+                  "</div></div>").format(kv_table(items, "provenance"), kv_table(space, "space"),
+                                         kv_table(versions, "versions"))
     base = m.get("base_config")
     if base:
-        html += ("<details><summary>Base configuration of every trial (before the searched values)</summary>"
-                 f"<pre>{esc(yaml.safe_dump(base, sort_keys=False))}</pre></details>")
+        html += Markup("<details><summary>Base configuration of every trial (before the searched values)</summary>"
+                       "<pre>{}</pre></details>").format(yaml.safe_dump(base, sort_keys=False))
     best_cfg = sw.path / "best_config.yaml"
     if best_cfg.exists():
-        html += (f"<details><summary>best_config.yaml</summary><pre>{esc(best_cfg.read_text())}</pre></details>")
+        html += Markup("<details><summary>best_config.yaml</summary><pre>{}</pre></details>").format(best_cfg.read_text())
     return html
 
 
 def _base_data_file(meta: dict[str, Any]) -> Any:
     return meta.get("base_config", {}).get("data", {}).get("data_file")
-
-
-def _write(out: Path, name: str, records: list[dict[str, Any]], tables: dict[str, Path]) -> None:
-    buf = io.StringIO()
-    pd.DataFrame(records).to_csv(buf, index=False)
-    atomic_write_text(out / f"{name}.csv", buf.getvalue())
-    atomic_write_text(out / f"{name}.json", json_text(records))
-    tables[name] = out / f"{name}.csv"
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
-from dqlray.report.format import METRICS, finite, fmt, pretty_name
+from dqlray.formatting import fmt, fmt_sd
+from dqlray.metrics import finite_or_none
+from dqlray.report.format import METRICS, pretty_name
 from dqlray.report.html import Column, Row, esc
+from dqlray.runinfo import atomic_write_text, json_text
 
 
 def metric_columns(first: str = "Policy") -> list[Column]:
@@ -64,19 +70,26 @@ def metrics_from_curves(eq: pd.DataFrame, pos: pd.DataFrame | None, periods: int
     return {"agent": {"per_seed": per_seed, "summary": summary}, "baselines": base}
 
 
-def versus(agent: float | None, ref: float | None, kind: str, ref_name: str = "buy & hold") -> str:
-    """``vs buy & hold 1.39`` with the agent's side coloured (HTML)."""
-    if finite(ref) is None:
-        return ""
+def versus(agent: float | None, ref: float | None, kind: str, ref_name: str = "buy & hold") -> Markup:
+    """``vs buy & hold 1.39`` with the agent's side coloured."""
+    if finite_or_none(ref) is None:
+        return Markup("")
     cls = ""
-    if finite(agent) is not None:
+    if finite_or_none(agent) is not None:
         cls = "up" if agent > ref else "down" if agent < ref else ""
-    return f'<span class="{cls}">vs {esc(ref_name)} {esc(fmt(ref, kind))}</span>'
+    return Markup('<span class="{}">vs {} {}</span>').format(cls, ref_name, fmt(ref, kind))
 
 
-def mean_sd_html(mean: Any, sd: Any, kind: str) -> str:
-    """``0.63 <small>± 0.65</small>`` for a headline card."""
-    from dqlray.report.format import fmt_sd
-
+def mean_sd_html(mean: Any, sd: Any, kind: str) -> Markup:
+    """``0.63 <span class="sd">± 0.65</span>`` for a headline card."""
     s = fmt_sd(sd, kind)
-    return esc(fmt(mean, kind)) + (f' <span class="sd">{esc(s)}</span>' if s else "")
+    return esc(fmt(mean, kind)) + (Markup(' <span class="sd">{}</span>').format(s) if s else "")
+
+
+def save_table(out: Path, name: str, records: list[dict[str, Any]], tables: dict[str, Path]) -> None:
+    """Write a report's table as ``<out>/<name>.csv`` and ``.json`` (NaN as null), and record the CSV in ``tables``."""
+    buf = io.StringIO()
+    pd.DataFrame(records).to_csv(buf, index=False)
+    atomic_write_text(out / f"{name}.csv", buf.getvalue())
+    atomic_write_text(out / f"{name}.json", json_text(records))
+    tables[name] = out / f"{name}.csv"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dqlray.runinfo import guarded_write
+
 SKIP = ("episodes", "episodes_completed")
 
 
@@ -85,9 +87,8 @@ def export_tensorboard(metrics: pd.DataFrame, log_dir: str | Path) -> Path:
     The folder's event files are replaced, so a report made twice does not show every curve twice.
     """
     out = Path(log_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in out.glob("events.out.tfevents.*"):
-        f.unlink()
+    with guarded_write(out.parent, out.name):
+        out.mkdir(parents=True, exist_ok=True)
     now = time.time()
     steps = metrics["episodes"] if "episodes" in metrics else pd.Series(range(1, len(metrics) + 1))
     chunks = [record(event(now, file_version="brain.Event:2"))]
@@ -101,6 +102,14 @@ def export_tensorboard(metrics: pd.DataFrame, log_dir: str | Path) -> Path:
                 chunks.append(record(event(now, int(step), tag=f"{group}/{col}", value=float(v))))
     path = out / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.dqlray"
     tmp = out / ".events.partial"
-    tmp.write_bytes(b"".join(chunks))
+    data = b"".join(chunks)
+    try:
+        with guarded_write(out, path.name, len(data)):
+            tmp.write_bytes(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the earlier event file stays (issue 13)
+        raise
+    for f in out.glob("events.out.tfevents.*"):
+        f.unlink()
     tmp.replace(path)
     return path

@@ -24,7 +24,7 @@ DEFAULT_SWEEP_FILE = "configs/sweep.yaml"
 def build_tune_parser() -> argparse.ArgumentParser:
     """Arguments of ``tune_main.py``."""
     p = _Parser(prog="tune_main.py", description="Ray Tune sweep of DQN trading agents (ASHA + Optuna).")
-    _flag(p, "config", default=DEFAULT_SWEEP_FILE, help=f"sweep YAML (default {DEFAULT_SWEEP_FILE})")
+    _flag(p, "config", default=None, help=f"sweep YAML (default {DEFAULT_SWEEP_FILE}; a resumed sweep keeps its own)")
     _flag(p, "num_samples", type=int, default=None, help="trials for optuna/random search")
     p.add_argument("--search", choices=("optuna", "random", "grid"), default=None,
                    help="optuna (default), random, or grid (the guide's 27 points, each once)")
@@ -47,20 +47,28 @@ def build_tune_parser() -> argparse.ArgumentParser:
     return p
 
 
-def tune_main(argv: Sequence[str] | None = None) -> int:
-    """Run the sweep; exit 0 complete, 75 stopped with state saved, 2 bad input, 1 failure."""
+def tune_main(argv: Sequence[str] | None = None, *, trainable: Any = None) -> int:
+    """Run the sweep; exit 0 complete, 75 stopped with state saved, 2 bad input, 1 failure.
+
+    ``trainable`` replaces the Tune trainable (tests wrap the real one to inject faults).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # Until Tune's own handler is installed inside fit(), SIGUSR1 (SLURM's warning before the time limit) would
     # kill the driver by default: remember it instead, and stop before starting trials.
     early: list[int] = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: early.append(signum))
+    # SIGTERM stops the sweep as SIGUSR1 does (state saved, exit 75, the experiment folder unlocked; issue 13):
+    # re-sent as SIGUSR1, it reaches the handler above before the sweep starts and Tune's own during it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGUSR1))
     return run_cli("tune_main.py",
-                   lambda: _run(build_tune_parser().parse_args(argv), stop_requested=lambda: bool(early)))
+                   lambda: _run(build_tune_parser().parse_args(argv), stop_requested=lambda: bool(early),
+                                trainable=trainable))
 
 
-def _run(args: argparse.Namespace, stop_requested: Any = None) -> int:
+def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = None) -> int:
+    from dqlray.notify import get_notifier
     from dqlray.tuning.space import parse_sweep_file
-    from dqlray.tuning.sweep import SweepRun, run_sweep
+    from dqlray.tuning.sweep import SweepRun, run_sweep, stored_sweep_file
 
     overrides: dict[str, dict[str, Any]] = {}
     for flag, sec, fld in (("data_file", "data", "data_file"), ("episodes", "train", "episodes"),
@@ -70,25 +78,28 @@ def _run(args: argparse.Namespace, stop_requested: Any = None) -> int:
             overrides.setdefault(sec, {})[fld] = v
     sweep_over = {"num_samples": args.num_samples, "search": args.search, "cpus_per_trial": args.cpus_per_trial,
                   "gpus_per_trial": args.gpus_per_trial, "max_concurrent": args.max_concurrent, "seed": args.seed}
-    sf = parse_sweep_file(args.config, overrides, sweep_over)
-    if args.agent_type is not None:  # a fixed agent type is not searched
-        sf = type(sf)(base=sf.base, search={k: v for k, v in sf.search.items() if k != "agent.agent_type"},
-                      grid=sf.grid, sweep=sf.sweep, source=sf.source)
-    name = args.experiment_name or f"{Path(args.config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and not args.experiment_name:
-        raise ConfigError("--resume needs --experiment-name (the folder name under --storage-path)")
+    if args.resume:
+        if not args.experiment_name:
+            raise ConfigError("--resume needs --experiment-name (the folder name under --storage-path)")
+        name = args.experiment_name
+        # Every setting of the original command comes back from the experiment folder (issue 13): flags given
+        # again must agree with it.
+        sf = stored_sweep_file(Path(args.storage_path) / name, config_path=args.config, overrides=overrides,
+                               sweep_overrides=sweep_over)
+    else:
+        config = args.config or DEFAULT_SWEEP_FILE
+        sf = parse_sweep_file(config, overrides, sweep_over)
+        if args.agent_type is not None:  # a fixed agent type is not searched
+            sf = type(sf)(base=sf.base, search={k: v for k, v in sf.search.items() if k != "agent.agent_type"},
+                          grid=sf.grid, sweep=sf.sweep, source=sf.source)
+        name = args.experiment_name or f"{Path(config).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or not name:
         raise ConfigError(f"--experiment-name {name!r}: a non-empty name without '/'")
-    notify = None
-    try:
-        from dqlray.notify import load_notify_config
-
-        notify = load_notify_config(token=args.telegram_token, chat_id=args.telegram_chat_id)
-    except ImportError:  # pragma: no cover
-        pass
+    # The process's one notifier (issue 15), made here from the guide's flags; run_sweep and its callback share it.
+    get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id)
     run = SweepRun(sweep_file=sf, experiment_name=name, storage_path=args.storage_path, address=args.address,
-                   resume=args.resume, dashboard=not args.no_dashboard, notify=notify)
-    return run_sweep(run, stop_requested=stop_requested)
+                   resume=args.resume, dashboard=not args.no_dashboard)
+    return run_sweep(run, stop_requested=stop_requested, trainable=trainable)
 
 
 def consolidate(results_dir: str | Path) -> pd.DataFrame:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dqlray.config import SECTIONS, ExperimentConfig, build_config, field_index, flat_to_nested, load_yaml
+from dqlray.config import SECTIONS, ExperimentConfig, build_config, check_finite, field_index, flat_to_nested, load_yaml
 from dqlray.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -51,6 +52,7 @@ class SweepConfig:
             if not ok:
                 raise ConfigError(f"sweep.{name}={getattr(self, name)!r} is not allowed: {allowed}")
 
+        check_finite(self, "sweep")
         check(self.search in ("optuna", "random", "grid"), "search", "optuna, random or grid")
         check(self.num_samples >= 1, "num_samples", "an integer >= 1")
         check(self.scheduler in ("asha", "none"), "scheduler", "asha or none")
@@ -82,6 +84,10 @@ def _check_key(key: str, source: str, section: str) -> None:
                           "agent.learning_rate)")
 
 
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def parse_sweep_file(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None,
                      sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
     """Read a sweep YAML; ``overrides`` apply to the base config, ``sweep_overrides`` to the sweep settings."""
@@ -101,8 +107,10 @@ def parse_sweep_file(path: str | Path, overrides: dict[str, dict[str, Any]] | No
             raise ConfigError(f"{src}: search.{key} must be one of {{loguniform|uniform|randint: [low, high]}} or "
                               "{choice: [values]}")
         kind, args = next(iter(spec.items()))
-        if kind != "choice" and not (isinstance(args, list) and len(args) == 2 and args[0] < args[1]):
-            raise ConfigError(f"{src}: search.{key}: {kind} needs [low, high] with low < high, got {args!r}")
+        if kind != "choice" and not (isinstance(args, list) and len(args) == 2 and all(map(_finite_number, args))
+                                     and args[0] < args[1]):
+            raise ConfigError(f"{src}: search.{key}: {kind} needs [low, high], finite numbers with low < high, "
+                              f"got {args!r}")
         if kind == "choice" and not (isinstance(args, list) and args):
             raise ConfigError(f"{src}: search.{key}: choice needs a non-empty list")
         if kind == "loguniform" and args[0] <= 0:
@@ -179,3 +187,76 @@ def space_summary(sf: SweepFile) -> dict[str, str]:
     if sf.sweep.search == "grid":
         return {k: "grid " + ", ".join(map(str, v)) for k, v in sf.grid.items()}
     return {k: f"{next(iter(s))} {next(iter(s.values()))}" for k, s in sf.search.items()}
+
+
+# Settings that say where and how wide a sweep runs, not what it computes: a resumed sweep may take new values
+# (a resubmitted SLURM job can get another allocation). Everything else is restored from the experiment folder.
+PLACEMENT_KEYS = ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
+
+
+def sweep_file_dict(sf: SweepFile) -> dict[str, Any]:
+    """Everything that defines a sweep's results, as plain data (stored in ``sweep_meta.json``)."""
+    return {"sweep_file": sf.source, "base_config": sf.base.to_dict(), "search": sf.search, "grid": sf.grid,
+            "sweep": dataclasses.asdict(sf.sweep)}
+
+
+def sweep_file_from_dict(stored: dict[str, Any], source: str) -> SweepFile:
+    """The :class:`SweepFile` a sweep was started with, from :func:`sweep_file_dict`'s output."""
+    missing = [k for k in ("base_config", "search", "grid", "sweep") if k not in stored]
+    if missing:
+        raise ConfigError(f"{source}: cannot restore the sweep's settings (no {', '.join(missing)}); it was started "
+                          "by an older dqlray: give the original flags again, or start a new --experiment-name")
+    return SweepFile(base=build_config(stored["base_config"], source=source), search=dict(stored["search"]),
+                     grid=dict(stored["grid"]), sweep=SweepConfig(**stored["sweep"]),
+                     source=str(stored.get("sweep_file", source)))
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (path, a, b)
+
+
+def resumed_sweep_file(stored: SweepFile, where: str, *, config_path: str | None = None,
+                       overrides: dict[str, dict[str, Any]] | None = None,
+                       sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
+    """The stored settings of a sweep being resumed, with any flag given again checked against them.
+
+    A flag that repeats the stored value is fine; one that contradicts it raises :class:`ConfigError` naming both
+    values. Placement settings (:data:`PLACEMENT_KEYS`) given again replace the stored ones.
+    """
+    def refuse(what: str, given: Any, was: Any) -> None:
+        raise ConfigError(f"--resume: {what}={given!r} was given, but the sweep was started with {was!r} ({where}); "
+                          "resume without that flag, or start a new --experiment-name")
+
+    sweep_overrides = {k: v for k, v in (sweep_overrides or {}).items() if v is not None}
+    if config_path is not None:
+        given = sweep_file_dict(parse_sweep_file(config_path, overrides, sweep_overrides))
+        was = sweep_file_dict(stored)
+        for d in (given, was):
+            d.pop("sweep_file")
+            for k in PLACEMENT_KEYS:
+                d["sweep"].pop(k)
+        diff = _first_difference(given, was)
+        if diff is not None:
+            refuse(f"{config_path}: {diff[0]}", diff[1], diff[2])
+    for sec, fields in (overrides or {}).items():
+        for name, value in fields.items():
+            key = f"{sec}.{name}"
+            if key in stored.search or key in stored.grid:
+                refuse(key, value, "a searched value")
+            now = getattr(getattr(stored.base.replace({sec: {name: value}}, source="command line"), sec), name)
+            was = getattr(getattr(stored.base, sec), name)
+            if now != was:
+                refuse(key, value, was)
+    placement = {}
+    for name, value in sweep_overrides.items():
+        if name in PLACEMENT_KEYS:
+            placement[name] = value
+        elif getattr(stored.sweep, name) != value:
+            refuse(f"sweep.{name}", value, getattr(stored.sweep, name))
+    return dataclasses.replace(stored, sweep=dataclasses.replace(stored.sweep, **placement)) if placement else stored

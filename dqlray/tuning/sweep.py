@@ -11,26 +11,42 @@ import dataclasses
 import io
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from dqlray.cli import EXIT_RESUMABLE
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
+from dqlray.lock import hold_folder
 from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
+from dqlray.notify import SweepNotifier, get_notifier
+from dqlray.parts import build_market
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
-from dqlray.trainer import build_market, list_checkpoints
-from dqlray.tuning.space import SweepFile, space_summary, trial_config, tune_space
+from dqlray.trainer import checkpoint_bytes, list_checkpoints
+from dqlray.tuning.local_ray import LocalRay, local_ray_environment
+from dqlray.tuning.space import (
+    PLACEMENT_KEYS,
+    SweepFile,
+    resumed_sweep_file,
+    space_summary,
+    sweep_file_dict,
+    sweep_file_from_dict,
+    trial_config,
+    tune_space,
+)
 from dqlray.tuning.trainable import dqn_trainable
 from dqlray.workflow import evaluate_all, format_metrics_table, learner_from_checkpoint, save_curves
 
 TIME_ATTR = "episodes"  # the same in every trial: one episode = the same number of env steps per seed
-EXIT_RESUMABLE = 75
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,6 @@ class SweepRun:
     address: str | None = None
     resume: bool = False
     dashboard: bool = True
-    notify: Any = None  # a NotifyConfig, or None
 
 
 def experiment_dir(run: SweepRun) -> Path:
@@ -51,43 +66,91 @@ def experiment_dir(run: SweepRun) -> Path:
     return Path(run.storage_path).resolve() / run.experiment_name
 
 
-def _init_ray(run: SweepRun, out: Any) -> dict[str, float]:
+META_FILE = "sweep_meta.json"
+
+
+def stored_sweep_file(exp_dir: Path, *, config_path: str | None = None,
+                      overrides: dict[str, dict[str, Any]] | None = None,
+                      sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
+    """The settings an experiment was started with (from its ``sweep_meta.json``), flags given again checked."""
+    meta_path = exp_dir / META_FILE
+    if not meta_path.exists():
+        raise DqlrayError(f"{exp_dir}: no sweep to resume (no {META_FILE}); check --experiment-name and "
+                          "--storage-path")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DqlrayError(f"{meta_path}: unreadable ({e})") from None
+    stored = sweep_file_from_dict(meta, str(meta_path))
+    return resumed_sweep_file(stored, str(meta_path), config_path=config_path, overrides=overrides,
+                              sweep_overrides=sweep_overrides)
+
+
+class ClusterResources(NamedTuple):
+    """What the Ray cluster offers: in all, and on its largest node (the most one trial can get)."""
+
+    total: dict[str, float]
+    largest_node: dict[str, float]
+    nodes: int
+
+
+def ray_address(run: SweepRun) -> str | None:
+    """The cluster to join (``--address`` or ``RAY_ADDRESS``), or None for a local Ray started by the driver."""
+    return run.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _init_ray(run: SweepRun, out: Any, local: LocalRay | None) -> ClusterResources:
     import ray
 
-    address = run.address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address(run)
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "configure_logging": False}
     if address is None:
         kwargs["include_dashboard"] = run.dashboard
+        if local is not None:
+            kwargs["_temp_dir"] = str(local.ray_temp_dir)  # its own, so a crash's leftovers can be told apart
         if not run.dashboard:
             kwargs["num_cpus"] = os.cpu_count()
     ctx = ray.init(**kwargs)
-    token_file = Path.home() / ".ray" / "auth_token"
-    if address is None and token_file.exists() and token_file.stat().st_mode & 0o077:
-        token_file.chmod(0o600)  # Ray 2.60 writes it 0644: readable by every user of a shared login node
     url = getattr(ctx, "dashboard_url", None)
     if url:
-        out(f"Ray dashboard: http://{url}  (token-protected: the token is in ~/.ray/auth_token or "
-            "$RAY_AUTH_TOKEN_PATH; never share it)")
+        where = f"in {local.token}" if local is not None and local.token else "in $RAY_AUTH_TOKEN_PATH"
+        out(f"Ray dashboard: http://{url}  (token-protected: the token is {where}; never share it)")
     res = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = {k: max((n.get("Resources", {}).get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU")}
     out(f"Ray cluster: {len(nodes)} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
-    return res
+    return ClusterResources(res, largest, len(nodes))
 
 
-def _build_tuner(run: SweepRun, data: OHLCV, resources: dict[str, float], callbacks: list) -> Any:
+def _check_trial_fits(sw: Any, cluster: ClusterResources) -> None:
+    """Refuse a trial no node can host: Ray would keep it PENDING forever (issue 13)."""
+    if sw.gpus_per_trial > 0 and cluster.total.get("GPU", 0) <= 0:
+        raise DqlrayError(f"--gpus-per-trial {sw.gpus_per_trial} but the Ray cluster has no GPUs")
+    for flag, want, key in (("--cpus-per-trial", sw.cpus_per_trial, "CPU"), ("--gpus-per-trial", sw.gpus_per_trial,
+                                                                               "GPU")):
+        most = cluster.largest_node.get(key, 0.0)
+        if want > most:
+            where = (f"the Ray cluster has {most:g} {key}s" if cluster.nodes == 1 else
+                     f"the largest of the Ray cluster's {cluster.nodes} nodes has {most:g} {key}s "
+                     f"({cluster.total.get(key, 0):g} in all; a trial runs on one node)")
+            raise DqlrayError(f"{flag} {want:g} but {where}; the trials would wait forever")
+
+
+def _build_tuner(run: SweepRun, data: OHLCV, cluster: ClusterResources, callbacks: list,
+                 trainable_fn: Callable[..., None]) -> tuple[Any, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     sf = run.sweep_file
     sw = sf.sweep
-    if sw.gpus_per_trial > 0 and resources.get("GPU", 0) <= 0:
-        raise DqlrayError(f"--gpus-per-trial {sw.gpus_per_trial} but the Ray cluster has no GPUs")
+    _check_trial_fits(sw, cluster)
+    resources = cluster.total
     res = {"cpu": sw.cpus_per_trial, "gpu": sw.gpus_per_trial}
     base = sf.base
     if sw.gpus_per_trial > 0:
         base = base.replace({"train": {"device": "cuda"}})
-    trainable = tune.with_resources(tune.with_parameters(dqn_trainable, data=data, base=base), res)
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, data=data, base=base), res)
     auto = max(1, int(resources.get("CPU", 1) // sw.cpus_per_trial))
     if sw.gpus_per_trial > 0:
         auto = min(auto, max(1, int(resources.get("GPU", 0) / sw.gpus_per_trial)))
@@ -258,87 +321,137 @@ def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarra
     }
 
 
-def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None) -> int:
-    """Run (or resume) the sweep; 0 when complete, 75 when stopped with its state saved (resume with --resume)."""
+def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None,
+              trainable: Callable[..., None] | None = None) -> int:
+    """Run (or resume) the sweep; 0 when complete, 75 when stopped with its state saved (resume with --resume).
+
+    The experiment folder is locked while the sweep runs (a second sweep of the same name is refused with one line);
+    a local Ray (no ``--address``) is private, loopback-only and cleaned up after a crash
+    (:mod:`dqlray.tuning.local_ray`). ``trainable`` replaces :func:`dqn_trainable` (tests wrap it to inject a crash).
+    """
+    sf = run.sweep_file
+    data = load_ohlcv(sf.base.data.data_file)
+    market = build_market(sf.base, data)  # refuse a file too short for the window and splits before starting Ray
+    exp = experiment_dir(run)
+    if run.resume and not (exp / META_FILE).exists():
+        raise DqlrayError(f"{exp}: no experiment to resume")
+    with hold_folder(exp, command="tune_main.py", out=out):
+        if ray_address(run) is not None:
+            return _run_locked(run, data, market, out, stop_requested, trainable, None)
+        with local_ray_environment(exp, out) as local:  # before Ray is imported: it reads the settings at import
+            return _run_locked(run, data, market, out, stop_requested, trainable, local)
+
+
+def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requested: Any,
+                trainable: Callable[..., None] | None, local: LocalRay | None) -> int:
     import ray
     from ray import tune
 
+    from dqlray.notify.tune_callback import TelegramTuneCallback
+    from dqlray.tuning.room import RoomWatch, SweepRoom
+
     sf = run.sweep_file
-    data = load_ohlcv(sf.base.data.data_file)
-    build_market(sf.base, data)  # refuse a file too short for the window and splits before starting Ray
     exp = experiment_dir(run)
     if run.resume and not tune.Tuner.can_restore(str(exp.resolve())):
-        if not (exp / "sweep_meta.json").exists():
-            raise DqlrayError(f"{exp}: no experiment to resume")
         out(f"{exp}: stopped before its first trial; starting it now")  # e.g. SIGUSR1 during start-up
         run = dataclasses.replace(run, resume=False)
-    if not run.resume and exp.exists() and any(exp.glob("experiment_state-*.json")):
+    if not run.resume and any(exp.glob("experiment_state-*.json")):
         raise DqlrayError(f"{exp} already holds a sweep; use --resume to continue it, or another --experiment-name")
-    exp.mkdir(parents=True, exist_ok=True)
-    write_json(exp / "sweep_meta.json", {
-        "experiment": run.experiment_name, "sweep_file": sf.source, "space": space_summary(sf),
-        "sweep": sf.sweep.__dict__, "base_config": sf.base.to_dict(), "data_hash": data_hash(data),
-        "expected_trials": expected_trials(sf), "git_commit": git_commit(), "versions": package_versions(),
-    })
-    resources = _init_ray(run, out)
+    # Tune's own state files would be cut short on a full disk: refuse up front, and stop in time (issue 13).
+    sw = sf.sweep
+    concurrent = sw.max_concurrent or (max(1, int((os.cpu_count() or 1) // sw.cpus_per_trial)) if local else 1)
+    room = SweepRoom.estimate(checkpoint_bytes(sf.base, market),
+                              expected_trials(sf) - (_finished_trials(exp) if run.resume else 0), concurrent)
+    room.check_before_start(exp, out)
+    meta_path = exp / META_FILE
+    if run.resume and meta_path.exists():  # a resumed sweep keeps the record of how it was started
+        meta = json.loads(meta_path.read_text())
+        if meta.get("data_hash") != data_hash(data):
+            raise DqlrayError(f"{sf.base.data.data_file}: data hash {data_hash(data)} differs from the sweep's "
+                              f"{meta.get('data_hash')} ({meta_path}): the file changed since the sweep started")
+        meta.setdefault("resumed", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                               "git_commit": git_commit(),
+                                               **{k: getattr(sf.sweep, k) for k in PLACEMENT_KEYS}})
+    else:
+        meta = {"experiment": run.experiment_name, **sweep_file_dict(sf), "space": space_summary(sf),
+                "data_hash": data_hash(data), "expected_trials": expected_trials(sf), "git_commit": git_commit(),
+                "versions": package_versions()}
+    notifier = get_notifier()  # the process's one notifier, shared with the dashboard callback (issue 15)
+    sweep_notifier = SweepNotifier(notifier, run.experiment_name)
+    cluster = _init_ray(run, out, local)
+    _stop_on_sigterm()
     try:
-        callbacks = []
-        sweep_notifier = None
-        if run.notify is not None:
-            from dqlray.notify import SweepNotifier, TelegramTuneCallback
-
-            callbacks.append(TelegramTuneCallback(
-                run.notify, experiment=run.experiment_name, metric=sf.sweep.metric, mode="max",
-                num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes,
-                time_attr=TIME_ATTR))
-            sweep_notifier = SweepNotifier(run.notify, experiment=run.experiment_name)
-        tuner, trainable = _build_tuner(run, data, resources, callbacks)
+        callbacks = [TelegramTuneCallback(
+            experiment=run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
+            num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
+        callbacks.append(RoomWatch(str(exp), room.reserve))
+        tuner, wrapped = _build_tuner(run, data, cluster, callbacks, trainable or dqn_trainable)
+        write_json(meta_path, meta)  # only now: a sweep refused for its resources leaves no trace
         if run.resume:
-            tuner = tune.Tuner.restore(str(exp.resolve()), trainable=trainable, resume_unfinished=True,
+            tuner = tune.Tuner.restore(str(exp.resolve()), trainable=wrapped, resume_unfinished=True,
                                        resume_errored=True)
         if stop_requested is not None and stop_requested():
             out("Stop requested (SIGUSR1) before the sweep started; nothing to save. Resume with --resume.")
             return EXIT_RESUMABLE
-        tuner.fit()
+        try:
+            tuner.fit()
+        except (OSError, EOFError) as e:
+            # A write of Tune's failed (an EOFError is Tune reading back an error file a full disk left empty).
+            room.raise_if_short(exp, "the sweep's state", e)
+            raise
         from ray.tune import ExperimentAnalysis
 
         trials = ExperimentAnalysis(str(exp.resolve())).trials
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         if unfinished or len(trials) < expected_trials(sf):
+            resume_cmd = (f"python tune_main.py --resume --experiment-name {run.experiment_name} "
+                          f"--storage-path {run.storage_path}")
+            room.raise_if_short(exp, "the next checkpoints", None,
+                                f"; the sweep stopped with its state saved after {len(trials) - len(unfinished)} of "
+                                f"{expected_trials(sf)} trials: free some space, then resume with: {resume_cmd}")
             out(f"\nSweep stopped with {len(trials) - len(unfinished)} of {expected_trials(sf)} trials finished; "
-                f"state saved. Resume with: python tune_main.py --resume --experiment-name {run.experiment_name} "
-                f"--storage-path {run.storage_path}")
-            if sweep_notifier is not None:
-                sweep_notifier.time_limit()
+                f"state saved. Resume with: {resume_cmd}")
+            sweep_notifier.time_limit()
             return EXIT_RESUMABLE
         summary = finish_sweep(run, data, out)
         report_png = _sweep_report(exp, out)
-        if sweep_notifier is not None and "test" in summary:
+        if "test" in summary:
             dsr = summary["deflated_sharpe"]
             sweep_notifier.finished(
                 best_config=summary["best_params"],
                 test_metrics={k: v["mean"] for k, v in summary["test"]["agent"]["summary"].items()},
-                baseline_metrics=summary["test"]["baselines"]["buy_and_hold"],
+                baselines={"buy&hold": summary["test"]["baselines"]["buy_and_hold"]},
                 deflated_sharpe=dsr["dsr"], n_trials=dsr["n_trials"], image_path=report_png)
         return 0
     except BaseException as e:
-        if run.notify is not None and not isinstance(e, (DqlrayError, KeyboardInterrupt)):
-            try:
-                from dqlray.notify import SweepNotifier
-
-                SweepNotifier(run.notify, experiment=run.experiment_name).error(e)
-            except Exception:  # noqa: BLE001 - a notification must never mask the real error
-                pass
+        if not isinstance(e, (DqlrayError, KeyboardInterrupt)):
+            sweep_notifier.error(e)  # never raises: a notification must never mask the real error
         raise
     finally:
         ray.shutdown()
+        sweep_notifier.close()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the sweep as SIGUSR1 does (Tune saves the state; exit 75; the folder is unlocked). Set again
+    after ``ray.init``, whose failure-signal handler takes SIGTERM over and aborts the driver (exit 134)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGUSR1))
+
+
+def _finished_trials(exp: Path) -> int:
+    """Trials of an experiment that are done (TERMINATED or ERROR), from its newest state file; 0 if unreadable."""
+    files = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        state = json.loads(files[-1].read_text()) if files else {}
+        return sum(json.loads(t[0]).get("status") in ("TERMINATED", "ERROR") for t in state.get("trial_data", []))
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        return 0
 
 
 def _sweep_report(exp: Path, out: Any) -> str | None:
-    try:
-        from dqlray.report import build_sweep_report
-    except ImportError:
-        return None
+    from dqlray.report import build_sweep_report
+
     try:
         rep = build_sweep_report(exp)
     except Exception as e:  # noqa: BLE001 - the sweep is saved; `dqlray report DIR` can retry

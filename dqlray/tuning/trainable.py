@@ -9,7 +9,6 @@ The function keeps no state between calls, so Tune can reuse its actor for the n
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,31 +16,9 @@ from typing import Any
 
 from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV
+from dqlray.runinfo import free_bytes, short_of_space
 from dqlray.trainer import train
 from dqlray.tuning.space import trial_config
-
-# Test hook: "DIR:EPISODE" makes the first trial to reach EPISODE raise once (the marker DIR/failed records it), so
-# tests can prove that a crashed trial is retried from its checkpoint. Unset in real use.
-FAIL_ONCE_ENV = "DQLRAY_FAIL_ONCE"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the test hook."""
-
-
-def _maybe_fail(episode: int) -> None:
-    spec = os.environ.get(FAIL_ONCE_ENV)
-    if not spec:
-        return
-    marker_dir, at = spec.rsplit(":", 1)
-    if episode != int(at):
-        return
-    try:
-        fd = os.open(Path(marker_dir) / "failed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    raise InjectedFailure(f"injected failure at episode {episode} ({FAIL_ONCE_ENV})")
 
 
 def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig) -> None:
@@ -61,11 +38,23 @@ def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig
             clean = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in metrics.items()}
             clean = {k: v for k, v in clean.items() if v is not None}
             if checkpoint is not None:
+                _check_room(tune.get_context().get_trial_dir(), checkpoint, metrics.get("episodes"))
                 tune.report(clean, checkpoint=tune.Checkpoint.from_directory(checkpoint))
             else:
                 tune.report(clean)
-            _maybe_fail(int(metrics["episodes"]))
 
         train(cfg, data, report=report, checkpoint_dir=work / "checkpoints", resume_from=resume_from, progress=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+TRIAL_MARGIN = 256 * 1024  # the trial's result rows and error file still fit after its checkpoint
+
+
+def _check_room(trial_dir: str, checkpoint: str, episode: Any) -> None:
+    """Refuse (one line) to hand Tune a checkpoint its storage has no room for: Tune would copy part of it into the
+    trial's folder and leave that behind (issue 13). The trial's earlier checkpoints stay."""
+    size = sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file())
+    free = free_bytes(trial_dir)
+    if free is not None and free < size + TRIAL_MARGIN:
+        raise short_of_space(trial_dir, f"the checkpoint of episode {episode}", size + TRIAL_MARGIN)
