@@ -186,6 +186,9 @@ class AgentConfig:
         return self.agent_type == "double_dueling"
 
 
+SELECT_CHOICES = ("last", "best_val_sharpe", "best_val_return")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Budget, seeds, reporting and checkpoints of one training run."""
@@ -215,6 +218,11 @@ class TrainConfig:
     """Torch intra-op threads (1 is fastest for these small networks, and lets trials share a node)."""
     periods_per_year: int = 252
     """Bars per year for annualised metrics."""
+    select: str = "last"
+    """Which parameters the run keeps for its test evaluation: ``last`` (those at the end of the budget), or
+    ``best_val_sharpe`` / ``best_val_return`` (those of the validation evaluation with the best mean over seeds of
+    that metric: a checkpoint chosen by validation, issue 12). A chosen checkpoint is one of the run's evaluations,
+    so a sweep counts every evaluation among the trials the multiple-testing haircut deflates by."""
 
     def __post_init__(self) -> None:
         check_finite(self, "train")
@@ -223,6 +231,7 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v >= 1, "train", name, v, "an integer >= 1")
         _check(self.device in ("cpu", "cuda", "auto"), "train", "device", self.device, "cpu, cuda or auto")
+        _check(self.select in SELECT_CHOICES, "train", "select", self.select, ", ".join(SELECT_CHOICES))
         _check(bool(self.experiment_name) and "/" not in self.experiment_name, "train", "experiment_name",
                self.experiment_name, "a non-empty name without '/'")
 

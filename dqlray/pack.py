@@ -1,4 +1,4 @@
-"""Packed trials (issue 14): several configurations, each with its seeds, trained as one batched network.
+"""The training loop, for one configuration or a pack of several trained as one batched network (issue 14).
 
 A *member* is one configuration with one seed, a row of the learner; a pack holds M configurations x their seeds.
 Inside a pack every member has its own learning rate, weight decay, discount, n-step length, exploration schedule,
@@ -7,8 +7,9 @@ and budget (see :class:`~dqlray.dqn.DQNLearner` and :class:`~dqlray.replay.Repla
 would alone with the same seeds (``tests/test_pack.py``). What the pack steps or stores once must agree:
 :func:`pack_conflict` says why two configurations cannot share a pack, :func:`group_configs` groups a list.
 
-:class:`PackRun` is the pack's training loop: the loop of :func:`dqlray.trainer.train` with one row per member and
-per-member values; configurations leave the pack (their rows leave the batch) at their own budget or when stopped.
+:class:`PackRun` is the loop. :func:`dqlray.trainer.train` runs a pack of one configuration through it; the sweep's
+trainable runs packs of many. Configurations leave the pack (their rows leave the batch, so its compute shrinks)
+at their own budget, when stopped (early stopping), or when their loss stops being finite.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import torch
 from dqlray.config import SECTIONS, ExperimentConfig
 from dqlray.data import OHLCV
 from dqlray.dqn import GreedyPolicy, linear_epsilon
-from dqlray.errors import ConfigError
-from dqlray.evaluation import evaluate_policy
+from dqlray.errors import ConfigError, DqlrayError
+from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.market import Market
 from dqlray.parts import build_market, build_parts
-from dqlray.trainer import _env_state, _load_env_state, steps_per_episode, validation_summary
+from dqlray.vec_env import VecTradingEnv
 
 MEMBER_FIELDS: dict[str, tuple[str, ...]] = {
     "agent": ("agent_type", "hidden", "learning_rate", "gamma", "batch_size", "target_update_freq", "tau", "n_step",
               "reward_scale", "loss", "max_grad_norm", "eps_start", "eps_end", "eps_decay_fraction", "weight_decay"),
-    "train": ("experiment_name", "seed", "num_seeds", "episodes"),
+    "train": ("experiment_name", "seed", "num_seeds", "episodes", "select"),
 }
 """Fields that may differ between the configurations of one pack (``agent.hidden``: widths, not depth). Every other
 field is a group key: the pack shares it."""
@@ -48,6 +49,13 @@ _WHY = {
     "agent.gradient_steps": "the pack updates all members at once",
     "train": "a setting of the pack's whole run",
 }
+
+FINISHED, STOPPED, DIVERGED, ACTIVE = "finished", "stopped", "diverged", "active"
+"""How a configuration left its pack: at its budget, stopped early, or with a non-finite loss (or not yet)."""
+
+
+class TrainingDiverged(DqlrayError):
+    """The loss became non-finite: the run stops (its earlier checkpoints stay) instead of training on NaNs."""
 
 
 def _group_values(config: ExperimentConfig) -> dict[str, Any]:
@@ -110,31 +118,121 @@ def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None =
     return packs
 
 
+def steps_per_episode(config: ExperimentConfig, market: Market) -> int:
+    """Env steps per seed that make one episode of the budget."""
+    a, b = market.part("train")
+    return config.env.episode_length or (b - a - 1)
+
+
+def validation_summary(per_seed: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and spread over seeds of the validation Sharpe and return, from each seed's metrics."""
+    sharpes = np.array([m["sharpe"] for m in per_seed])
+    rets = np.array([m["total_return"] for m in per_seed])
+    return {
+        "val_sharpe": float(sharpes.mean()),
+        "val_sharpe_std": float(sharpes.std(ddof=1)) if len(sharpes) > 1 else 0.0,
+        "val_sharpe_min": float(sharpes.min()),
+        "val_return": float(rets.mean()),
+        "val_return_std": float(rets.std(ddof=1)) if len(rets) > 1 else 0.0,
+    }
+
+
+def evaluate_validation(learner: Any, market: Market, config: ExperimentConfig) -> EvalResult:
+    """Every member's greedy policy over the validation part, all members in one vectorised pass."""
+    return evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k,
+                           name="agent", periods=config.train.periods_per_year)
+
+
+def diverged_message(config: ExperimentConfig, episode: int, loss: np.ndarray) -> str:
+    """The one line naming the episode, the seeds whose loss is not finite, and the likely cause."""
+    bad = ~np.isfinite(loss)
+    ac = config.agent
+    seeds = [s for s, b in zip(config.train.seeds, bad, strict=True) if b]
+    return (f"training diverged at episode {episode}: the loss is {loss[bad][0]} for seed(s) "
+            f"{', '.join(map(str, seeds))}; likely agent.learning_rate={ac.learning_rate:g} is too large (or "
+            f"agent.reward_scale={ac.reward_scale:g}, agent.max_grad_norm={ac.max_grad_norm})")
+
+
+_ENV_FIELDS = ("t", "end", "pos", "value", "ep_return")
+
+
+def env_state(venv: VecTradingEnv) -> dict:
+    """The environments' positions, values and generators (for a checkpoint)."""
+    out = {name: getattr(venv, name).copy() for name in _ENV_FIELDS}
+    out["rngs"] = [r.bit_generator.state for r in venv.rngs]
+    return out
+
+
+def load_env_state(venv: VecTradingEnv, state: dict) -> None:
+    """Restore :func:`env_state`."""
+    for name in _ENV_FIELDS:
+        setattr(venv, name, state[name].copy())
+    for r, s in zip(venv.rngs, state["rngs"], strict=True):
+        r.bit_generator.state = s
+
+
 @dataclass
 class MemberResult:
-    """One configuration of a pack: its per-episode metrics and, once it has left the pack, its learner state."""
+    """One configuration of a pack: its per-episode metrics, evaluations and, once it has left, its learner state."""
 
     config: ExperimentConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     state: dict | None = None
     """:meth:`DQNLearner.member_state` of the configuration's seeds when it left the pack: loads into a learner of
     that configuration alone."""
-    stopped_early: bool = False
+    status: str = ACTIVE
+    """:data:`ACTIVE` until it leaves the pack as :data:`FINISHED`, :data:`STOPPED` or :data:`DIVERGED`."""
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    """Every validation evaluation: ``{"episodes": e, "val_sharpe": ..., ...}``."""
+    val_returns: np.ndarray | None = None
+    """Per-bar validation returns of the last evaluation, ``(T_val, K)`` (one column per seed; issue 11)."""
+    selected: dict[str, Any] | None = None
+    """With ``train.select`` other than ``last``: the evaluation with the best value so far, ``{"episodes",
+    "val" (its validation summary), "val_returns", "state" (its member state)}``."""
+
+    @property
+    def stopped_early(self) -> bool:
+        """Stopped before its budget by an early-stopping rule."""
+        return self.status == STOPPED
+
+    def kept(self) -> tuple[dict | None, dict[str, float], np.ndarray | None, int | None]:
+        """What the configuration keeps for its test evaluation (``train.select``): learner state, validation
+        summary, per-bar validation returns and the episode they come from."""
+        if self.selected is not None:
+            s = self.selected
+            return s["state"], s["val"], s["val_returns"], s["episodes"]
+        last = self.evaluations[-1] if self.evaluations else {}
+        return self.state, {k: v for k, v in last.items() if k != "episodes"}, self.val_returns, last.get("episodes")
+
+    def to_state(self) -> dict:
+        """Plain data for a checkpoint."""
+        return {"history": list(self.history), "state": self.state, "status": self.status,
+                "evaluations": list(self.evaluations), "val_returns": self.val_returns, "selected": self.selected}
+
+    def load(self, s: dict) -> None:
+        """Restore :meth:`to_state`."""
+        self.history, self.state, self.status = list(s["history"]), s["state"], s["status"]
+        self.evaluations, self.val_returns, self.selected = list(s["evaluations"]), s["val_returns"], s["selected"]
 
 
 class PackRun:
     """Train ``configs`` (each with its own seeds) as one pack, episode by episode.
 
-    Member k's environment, replay sampling, exploration and initialisation derive from its seed alone, as in
-    :func:`dqlray.trainer.train`; so a configuration's run inside a pack equals its run alone.
+    Member k's environment, replay sampling, exploration and initialisation derive from its seed alone, so a
+    configuration's run inside a pack equals its run alone. A configuration whose loss is no longer finite leaves
+    the pack as :data:`DIVERGED` (``on_diverged="stop"``), or raises :class:`TrainingDiverged`
+    (``on_diverged="raise"``, a single run's behaviour).
     """
 
     def __init__(self, configs: Sequence[ExperimentConfig], data: OHLCV | None = None, *,
-                 market: Market | None = None) -> None:
+                 market: Market | None = None, on_diverged: str = "stop") -> None:
         problem = pack_problem(configs)
         if problem is not None:
             raise ConfigError(f"pack: {problem}")
+        if on_diverged not in ("stop", "raise"):
+            raise ValueError(f"on_diverged={on_diverged!r}: stop or raise")
         self.configs = list(configs)
+        self.on_diverged = on_diverged
         first = self.configs[0]
         torch.set_num_threads(first.train.torch_threads)
         if market is None:
@@ -152,8 +250,24 @@ class PackRun:
         self.episodes_done = np.zeros(len(self.configs))
         self.env_steps = 0
         self.episode = 0
+        self.fill_until = first.agent.learning_starts  # no gradient step before this many env steps (per seed)
         self.obs = self.venv.reset()
         self._t_start = time.perf_counter()
+        self._rows_changed()
+
+    def _rows_changed(self) -> None:
+        """Values of the loop that depend on who is in the pack: the scalar fast paths when every member agrees."""
+        ln = self.learner
+        self._batch: int | tuple[int, ...] = (ln.batch_sizes[0] if len(set(ln.batch_sizes)) == 1
+                                              else ln.batch_sizes)
+        agents = [self.configs[ci].agent for ci in self.row_config]
+        budgets = self.budget[self.row_config]
+        eps = {(a.eps_start, a.eps_end, a.eps_decay_fraction) for a in agents}
+        self._eps_scalar = None
+        if len(eps) == 1 and len(set(budgets.tolist())) <= 1:
+            a = agents[0] if agents else self.configs[0].agent
+            self._eps_scalar = (int(budgets[0]) if len(budgets) else 0, a.eps_start, a.eps_end, a.eps_decay_fraction)
+        self._budget_rows = budgets
 
     @property
     def active(self) -> list[int]:
@@ -165,18 +279,30 @@ class PackRun:
         return np.flatnonzero(self.row_config == ci)
 
     def run_episode(self) -> dict[int, dict[str, Any]]:
-        """One episode of env steps for every member; returns each active configuration's metrics (the keys of
-        :func:`dqlray.trainer.train`'s). Configurations that reach their budget leave the pack afterwards."""
+        """One episode of env steps for every member; returns each active configuration's metrics (see
+        :func:`dqlray.trainer.train`). Configurations that reach their budget, or whose loss is no longer finite,
+        leave the pack afterwards."""
+        # A diverging network overflows in the greedy NumPy forward pass (acting and validation) before its loss is
+        # checked at the end of the episode; the check reports it, so the overflow warnings would only be noise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._run_episode()
+
+    def _run_episode(self) -> dict[int, dict[str, Any]]:
         first = self.configs[0]
         ac = first.agent
         ln, buf, venv = self.learner, self.buffer, self.venv
-        total = self.budget[self.row_config]
         ret_sum = np.zeros(ln.k)
         ret_n = np.zeros(ln.k)
         obs, env_steps = self.obs, self.env_steps
+        eps_scalar, budget_rows, batch = self._eps_scalar, self._budget_rows, self._batch
+        fill_until, train_freq, gradient_steps = self.fill_until, ac.train_freq, ac.gradient_steps
         t_ep = time.perf_counter()
         for _ in range(self.per_episode):
-            actions = ln.act(obs, ln.epsilon(env_steps, total))
+            if eps_scalar is not None:
+                eps = linear_epsilon(env_steps, eps_scalar[0], eps_scalar[1], eps_scalar[2], eps_scalar[3])
+            else:
+                eps = ln.epsilon(env_steps, budget_rows)
+            actions = ln.act(obs, eps)
             t = venv.t.copy()
             pos = venv.pos
             step = venv.step(actions)
@@ -187,28 +313,29 @@ class PackRun:
                 fin = ~np.isnan(step.episode_return)
                 ret_sum[fin] += step.episode_return[fin]
                 ret_n += fin
-            if env_steps >= ac.learning_starts and env_steps % ac.train_freq == 0:
-                for _g in range(ac.gradient_steps):
-                    ln.update(buf.sample(ln.batch_sizes))
+            if env_steps >= fill_until and env_steps % train_freq == 0:
+                for _g in range(gradient_steps):
+                    ln.update(buf.sample(batch))
         self.obs, self.env_steps = obs, env_steps
         self.episode += 1
         elapsed = time.perf_counter() - t_ep
         stats = ln.pop_stats()
         active = self.active
-        due = [ci for ci in active if self.episode % first.train.eval_every == 0
-               or self.episode >= self.configs[ci].train.episodes]
-        if due:
-            res = evaluate_policy(GreedyPolicy(ln), self.market, part="val", env=first.env, n_envs=ln.k,
-                                  name="agent", periods=first.train.periods_per_year)
-            for ci in due:
-                self.last_val[ci] = validation_summary([res.metrics[r] for r in self.rows_of(ci)])
+        diverged = []
+        if stats is not None and not np.isfinite(stats.loss).all():
+            for ci in active:
+                loss = stats.loss[self.rows_of(ci)]
+                if not np.isfinite(loss).all():
+                    if self.on_diverged == "raise":
+                        raise TrainingDiverged(diverged_message(self.configs[ci], self.episode, loss))
+                    diverged.append(ci)
         out = {}
         for ci in active:
             rows = self.rows_of(ci)
             a = self.configs[ci].agent
             n = ret_n[rows].sum()
             self.episodes_done[ci] += n
-            m: dict[str, Any] = {
+            out[ci] = {
                 "episodes": self.episode,
                 "env_steps": env_steps,
                 "episodes_completed": self.episodes_done[ci] / len(rows),
@@ -220,14 +347,39 @@ class PackRun:
                 "updates": ln.updates,
                 "steps_per_s": self.per_episode * len(rows) / max(elapsed, 1e-9),
             }
+        if diverged:
+            self.stop(diverged, status=DIVERGED)
+        due = [ci for ci in self.active if self.episode % first.train.eval_every == 0
+               or self.episode >= self.configs[ci].train.episodes]
+        if due:
+            self._evaluate(due)
+        for ci, m in out.items():
             m.update(self.last_val[ci])
             m["time_total_s"] = time.perf_counter() - self._t_start
             self.results[ci].history.append(m)
-            out[ci] = m
-        self.stop([ci for ci in active if self.episode >= self.configs[ci].train.episodes], early=False)
+        self.stop([ci for ci in self.active if self.episode >= self.configs[ci].train.episodes], status=FINISHED)
         return out
 
-    def stop(self, config_ids: Sequence[int], *, early: bool = True) -> dict[int, dict]:
+    def _evaluate(self, due: list[int]) -> None:
+        """Validation of every member in one pass; each due configuration records it (and keeps its best)."""
+        res = evaluate_validation(self.learner, self.market, self.configs[0])
+        returns = res.returns
+        for ci in due:
+            rows = self.rows_of(ci)
+            val = validation_summary([res.metrics[r] for r in rows])
+            self.last_val[ci] = val
+            r = self.results[ci]
+            r.evaluations.append({"episodes": self.episode, **val})
+            r.val_returns = returns[rows].T.copy()
+            select = self.configs[ci].train.select
+            if select != "last":
+                key = select.removeprefix("best_")
+                best = r.selected["val"][key] if r.selected is not None else None
+                if best is None or (np.isfinite(val[key]) and (not np.isfinite(best) or val[key] > best)):
+                    r.selected = {"episodes": self.episode, "val": dict(val), "val_returns": r.val_returns,
+                                  "state": self.learner.member_state(rows)}
+
+    def stop(self, config_ids: Sequence[int], *, status: str = STOPPED) -> dict[int, dict]:
         """Take configurations out of the pack; returns (and keeps in :attr:`results`) each one's learner state.
 
         Their rows leave the learner, the replay buffer and the environments, so the pack's compute shrinks; the
@@ -248,35 +400,43 @@ class PackRun:
                 self.obs = self.venv.observe()
             self.row_config = self.row_config[self.row_config != ci]
             self.results[ci].state = state
-            self.results[ci].stopped_early = early
+            self.results[ci].status = status
             out[ci] = state
+        if out:
+            self._rows_changed()
         return out
 
-    def state_dict(self) -> dict:
-        """Everything needed to continue the pack exactly (the replay buffer included)."""
-        return {"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(),
-                "env": _env_state(self.venv), "env_steps": self.env_steps, "episode": self.episode,
-                "row_config": self.row_config.copy(), "episodes_done": self.episodes_done.copy(),
-                "last_val": [dict(v) for v in self.last_val],
-                "results": [{"history": list(r.history), "state": r.state, "stopped_early": r.stopped_early}
-                            for r in self.results],
-                "configs": [c.to_dict() for c in self.configs]}
+    def state_dict(self, include_buffer: bool = True) -> dict:
+        """Everything needed to continue the pack exactly (the replay buffer's data unless ``include_buffer`` is
+        False: a pack resumed without it refills before it learns again)."""
+        return {"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(include_buffer),
+                "env": env_state(self.venv), "env_steps": self.env_steps, "episode": self.episode,
+                "fill_until": self.fill_until, "row_config": self.row_config.copy(),
+                "episodes_done": self.episodes_done.copy(), "last_val": [dict(v) for v in self.last_val],
+                "results": [r.to_state() for r in self.results], "configs": [c.to_dict() for c in self.configs]}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` (a new :class:`PackRun` of the same configurations)."""
+        if "row_config" not in state or "configs" not in state:
+            raise DqlrayError("the checkpoint was written by an older dqlray (before packed training); start the "
+                              "run again")
         if state["configs"] != [c.to_dict() for c in self.configs]:
             raise ConfigError("pack checkpoint was made with other configurations")
-        left = [ci for ci in self.active if ci not in set(np.asarray(state["row_config"]).tolist())]
-        self.stop(left)
+        # The configurations that had left leave again; the rows that remain (the last configuration's, when every
+        # one had left) are laid out as they were in the checkpoint.
+        self.stop([ci for ci in self.active if ci not in set(np.asarray(state["row_config"]).tolist())])
         self.learner.load_state_dict(state["learner"])
         self.buffer.load_state_dict(state["buffer"])
-        _load_env_state(self.venv, state["env"])
+        load_env_state(self.venv, state["env"])
         self.obs = self.venv.observe()
         self.env_steps, self.episode = int(state["env_steps"]), int(state["episode"])
+        self.fill_until = int(state["fill_until"])
+        if "arrays" not in state["buffer"]:  # resumed without its replay data: refill before learning again
+            self.fill_until = self.env_steps + self.configs[0].agent.learning_starts
         self.episodes_done = np.array(state["episodes_done"], dtype=float)
         self.last_val = [dict(v) for v in state["last_val"]]
         for r, s in zip(self.results, state["results"], strict=True):
-            r.history, r.state, r.stopped_early = list(s["history"]), s["state"], s["stopped_early"]
+            r.load(s)
 
 
 def train_pack(configs: Sequence[ExperimentConfig], data: OHLCV, *,

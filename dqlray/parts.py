@@ -1,9 +1,10 @@
 """A run's parts, built from its config in one place.
 
 The market arrays, the vectorised training environment, the learner, the replay buffer and the per-seed random
-streams of a run (one configuration with its seeds, or a pack of several, issue 14) are all made here from an :class:`~dqlray.config.ExperimentConfig`. The trainer,
-the workflow, the sweep, the benchmarks and the profile build through these functions, so a new setting is threaded
-through one place, and seed k's streams are laid out the same way everywhere.
+streams of a run (one configuration with its seeds, or a pack of several, issue 14) are all made here from
+:class:`~dqlray.config.ExperimentConfig` objects. The trainer, the workflow, the sweep, the benchmarks and the
+profile build through these functions, so a new setting is threaded through one place, and seed k's streams are
+laid out the same way everywhere.
 """
 
 from __future__ import annotations

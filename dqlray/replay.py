@@ -67,6 +67,15 @@ def _per_member(value: Any, k: int, name: str, dtype: type) -> np.ndarray:
     return a.copy()
 
 
+def _block_key(batch_size: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
+    """One key per batch shape: equal per-member sizes are the one size (the pending draws are the same either way,
+    so a pack whose remaining members agree keeps its draws when it starts asking for one size)."""
+    if batch_size is None or isinstance(batch_size, int):
+        return batch_size
+    key = tuple(int(b) for b in batch_size)
+    return key[0] if key and len(set(key)) == 1 else key
+
+
 class ReplayBuffer:
     """K circular buffers of ``capacity`` transitions, one per member, each sampled with its own generator.
 
@@ -162,7 +171,7 @@ class ReplayBuffer:
 
     def _draws(self, batch_size: int | Sequence[int]) -> np.ndarray:
         """Uniform draws ``(K, B)`` for one batch; member k uses its first ``batch_size[k]`` columns."""
-        key = batch_size if isinstance(batch_size, (int, tuple)) else tuple(int(b) for b in batch_size)
+        key = batch_size if isinstance(batch_size, int) else _block_key(batch_size)
         if self._block_pos >= self._block.shape[1] or key != self._block_key:
             if isinstance(key, int):
                 self._block = np.stack([rng.random((SAMPLE_BLOCK, key)) for rng in self.rngs])
@@ -252,7 +261,7 @@ class ReplayBuffer:
         for r, s in zip(self.rngs, state["rngs"], strict=True):
             r.bit_generator.state = s
         self._block = state["block"].copy()
-        self._block_key = state["block_key"]
+        self._block_key = _block_key(state["block_key"])
         self._block_pos = 0
         if "arrays" in state:
             for k, v in state["arrays"].items():
@@ -277,8 +286,10 @@ class ReplayBuffer:
         self.gamma, self.n_step, self.reward_scale = self.gamma[keep], self.n_step[keep], self.reward_scale[keep]
         self.rngs = [self.rngs[r] for r in keep]
         self._block = self._block[keep]
-        if isinstance(self._block_key, tuple):
-            self._block_key = tuple(self._block_key[r] for r in keep)
+        if isinstance(self._block_key, tuple):  # the pending draws stay, whichever way the next batch is asked
+            self._block_key = _block_key([self._block_key[r] for r in keep])
+            widest = self._block_key if isinstance(self._block_key, int) else max(self._block_key)
+            self._block = self._block[:, :, :widest]  # the others' padding columns
         self.k = len(keep)
         self._rows = np.arange(self.k)
         self._tables()  # n_max and the slots stay: the slot layout does not depend on who is in the buffer

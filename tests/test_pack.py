@@ -222,6 +222,10 @@ def test_replay_members_sample_as_alone():
     got = pack.sample([8, 4])
     for j, i in enumerate((0, 2)):
         assert np.array_equal(got.ret[j, :sizes[i]], alone[i].sample(sizes[i]).ret[0])
+    # the one member left asks for its own size: its pending draws are still the ones it would make alone
+    pack.remove_members([0])
+    for _ in range(3):
+        assert np.array_equal(pack.sample(sizes[2]).t[0], alone[2].sample(sizes[2]).t[0])
 
 
 def test_truncation_bootstraps_with_a_shorter_horizon():
@@ -234,3 +238,38 @@ def test_truncation_bootstraps_with_a_shorter_horizon():
            zip(b.t[0], b.ret[0], b.next_t[0], b.discount[0], b.next_pos[0], strict=True)}
     # the end of the data truncates: bootstrap from the next bar with gamma^h; step 12 waits for 2 more rewards
     assert got == {10: (1 + 0.5 * 2, 12, 0.25, 1.0), 11: (2.0, 12, 0.5, 1.0)}
+
+
+def test_a_diverging_member_leaves_alone_and_the_others_go_on():
+    boom = small(agent={"learning_rate": 1e30})
+    fine = CONFIGS[2]
+    run = PackRun([boom, fine], DATA)
+    while run.active:
+        run.run_episode()
+    bad, good = run.results
+    assert bad.status == "diverged" and len(bad.history) < boom.train.episodes
+    assert not np.isfinite(bad.history[-1]["loss"])
+    assert good.status == "finished" and len(good.history) == fine.train.episodes
+    alone = train(fine, DATA, progress=False)
+    assert torch.allclose(good.state["online"], alone.learner.net.flat, rtol=1e-4, atol=1e-6)
+    with pytest.raises(Exception, match=r"diverged at episode \d+: .*agent\.learning_rate=1e\+30"):
+        train(boom, DATA, progress=False)  # a run alone stops with one line, as before
+
+
+def test_select_keeps_the_parameters_of_the_best_validation_evaluation(tmp_path):
+    cfg = small(train={"episodes": 4, "select": "best_val_sharpe"})
+    res = train(cfg, DATA, progress=False, checkpoint_dir=tmp_path / "ck")
+    evals = res.member.evaluations
+    assert [e["episodes"] for e in evals] == [1, 2, 3, 4]
+    best = max(evals, key=lambda e: e["val_sharpe"])
+    assert res.member.selected["episodes"] == best["episodes"]
+    kept = res.kept_learner()
+    from dqlray.trainer import validation_metrics
+    assert validation_metrics(kept, res.market, cfg)["val_sharpe"] == pytest.approx(best["val_sharpe"])
+    assert res.member.val_returns.shape == (res.market.part("val")[1] - res.market.part("val")[0] - 1, 2)
+    # the same parameters come back from the checkpoint, for a later evaluation
+    from dqlray.workflow import learner_from_checkpoint
+    again = learner_from_checkpoint(cfg, res.market, tmp_path / "ck")
+    assert torch.equal(again.net.flat, kept.net.flat)
+    if best["episodes"] != 4:
+        assert not torch.equal(kept.net.flat, res.learner.net.flat)
