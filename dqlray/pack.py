@@ -14,6 +14,7 @@ at their own budget, when stopped (early stopping), or when their loss stops bei
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -99,10 +100,17 @@ def pack_problem(configs: Sequence[ExperimentConfig]) -> str | None:
     return None
 
 
+def compute_cost(config: ExperimentConfig, obs_dim: int = 64) -> float:
+    """Multiply-adds of one member's update, roughly (batch x weights): what a pack pads its members up to."""
+    widths = [obs_dim, *config.agent.hidden, 3]
+    return float(config.agent.batch_size * sum(a * b for a, b in itertools.pairwise(widths)))
+
+
 def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None = None) -> list[list[int]]:
     """Indices of ``configs`` grouped into packs: one group per :func:`pack_key`, in order of first appearance, split
-    into packs of at most ``max_configs``. Inside a group, configurations are ordered by shape (widths, batch size,
-    head) before splitting, so that a split group pads little."""
+    into as few packs of at most ``max_configs`` as possible, of nearly equal sizes. A group that is split is
+    ordered by :func:`compute_cost` first (stably), so that each pack holds configurations of similar widths and
+    batch sizes and pads little."""
     if max_configs is not None and max_configs < 1:
         raise ValueError(f"max_configs={max_configs} must be >= 1")
     groups: dict[tuple, list[int]] = {}
@@ -110,11 +118,11 @@ def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None =
         groups.setdefault(pack_key(c), []).append(i)
     packs = []
     for idx in groups.values():
-        if max_configs is not None and len(idx) > max_configs:
-            idx = sorted(idx, key=lambda i: (configs[i].agent.hidden, configs[i].agent.batch_size,
-                                             configs[i].agent.dueling))
-        step = max_configs or len(idx)
-        packs += [idx[j:j + step] for j in range(0, len(idx), step)]
+        n_packs = -(-len(idx) // max_configs) if max_configs else 1
+        if n_packs > 1:
+            idx = sorted(idx, key=lambda i: compute_cost(configs[i]))
+        bounds = [round(j * len(idx) / n_packs) for j in range(n_packs + 1)]
+        packs += [idx[a:b] for a, b in itertools.pairwise(bounds)]
     return packs
 
 

@@ -86,7 +86,7 @@ def checkpoint_bytes(config: ExperimentConfig, market: Market) -> int:
     return _nbytes(learner.state_dict()) + config.train.num_seeds * held * BYTES_PER_TRANSITION
 
 
-class _Checkpointer:
+class Checkpointer:
     """Atomic checkpoint directories (written to a temporary name, then renamed) with rotation.
 
     A checkpoint that cannot be written (disk full, quota, read-only, no permission) raises one
@@ -211,7 +211,7 @@ def train(
     market = source if isinstance(source, Market) else build_market(config, source)
     run = PackRun([config], market=market, on_diverged="raise")
     member = run.results[0]
-    ckpt = _Checkpointer(Path(checkpoint_dir), tc.keep_checkpoints) if checkpoint_dir is not None else None
+    ckpt = Checkpointer(Path(checkpoint_dir), tc.keep_checkpoints) if checkpoint_dir is not None else None
     if resume_from is not None:
         run.load_state_dict(resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from))
 
