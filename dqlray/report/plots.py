@@ -405,8 +405,8 @@ def plot_param_scatter(trials: pd.DataFrame, params: Sequence[str], scales: dict
                        path: Path, *, title: str) -> Path:
     """One panel per hyperparameter: its value against the validation metric (log-x for log-scale parameters).
 
-    ``scales`` per parameter: ``log``, ``linear`` or ``category``. Trials stopped by ASHA are hollow (scored at the
-    budget they reached); the winner is a red star.
+    ``scales`` per parameter: ``log``, ``linear`` or ``category``. Configurations stopped by ASHA are hollow (scored
+    at the budget they reached); the winner is a red star.
     """
     n = max(1, len(params))
     ncols = min(4, n)
@@ -418,7 +418,8 @@ def plot_param_scatter(trials: pd.DataFrame, params: Sequence[str], scales: dict
         y_all = pd.to_numeric(trials[metric], errors="coerce").to_numpy(dtype=float)
         stopped = trials["stopped_by_asha"].astype(str).str.lower().eq("true").to_numpy() \
             if "stopped_by_asha" in trials else np.zeros(len(trials), bool)
-        is_best = (trials["trial_id"].astype(str) == str(best)).to_numpy()
+        key = "config_id" if "config_id" in trials else "trial_id"
+        is_best = (trials[key].astype(str) == str(best)).to_numpy()
         for ax, p in zip(axes, params, strict=False):
             col = trials[p]
             scale = scales.get(p, "linear")
