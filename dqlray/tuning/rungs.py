@@ -51,7 +51,8 @@ class RungTable:
         values = list(self.recorded[milestone].values())
         if not values:
             return None
-        return float(np.nanpercentile(values, (1 - 1 / self.reduction_factor) * 100))
+        finite = [v for v in values if not math.isnan(v)]  # np.nanpercentile's answer, without its warning
+        return float(np.percentile(finite, (1 - 1 / self.reduction_factor) * 100)) if finite else math.nan
 
     def decide(self, member: str, episode: int, value: float | None) -> bool:
         """Whether ``member``, at ``episode`` with rung value ``value``, stops (True) or goes on.
