@@ -12,8 +12,10 @@ The function keeps no state between calls, so Tune can reuse its actor for the n
 
 from __future__ import annotations
 
+import resource
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ def pack_trainable(config: dict[str, Any], *, data: OHLCV, base: ExperimentConfi
     node_ip = ray.util.get_node_ip_address()
     rungs = rung_server(settings.rungs_actor) if settings.rungs_actor and settings.rungs else None
     work = Path(tempfile.mkdtemp(prefix="dqlray-pack-"))
+    cpu0 = time.process_time()
     try:
         restored = tune.get_checkpoint()
         if restored is not None:
@@ -82,7 +85,10 @@ def pack_trainable(config: dict[str, Any], *, data: OHLCV, base: ExperimentConfi
                 write_member(settings.exp_dir, ids[ci], trial_id, members[ci]["params"], run.results[ci],
                              settings.metric, node_ip)
             told = {ci for ci, r in enumerate(run.results) if r.status != ACTIVE and ci not in announced}
+            # wall clock, CPU seconds and peak memory of the pack's process: what bench.sweep measures the sweep by
             result = {"episodes": episode, "configs_active": len(run.active), "configs": len(cfgs),
+                      "unix_time": time.time(), "cpu_s": time.process_time() - cpu0,
+                      "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "members": {ids[ci]: _member_result(run, ci, settings) for ci in sorted(told | set(
                           episode_metrics))}}
             if run.active and (left_now or episode % every == 0):
