@@ -15,6 +15,7 @@ at their own budget, when stopped (early stopping), or when their loss stops bei
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -100,29 +101,76 @@ def pack_problem(configs: Sequence[ExperimentConfig]) -> str | None:
     return None
 
 
-def compute_cost(config: ExperimentConfig, obs_dim: int = 64) -> float:
-    """Multiply-adds of one member's update, roughly (batch x weights): what a pack pads its members up to."""
-    widths = [obs_dim, *config.agent.hidden, 3]
-    return float(config.agent.batch_size * sum(a * b for a, b in itertools.pairwise(widths)))
+def _shape_cost(hidden: Sequence[int], batch: int, dueling: bool, obs_dim: int = 64) -> float:
+    widths = [obs_dim, *hidden, 3]
+    return float(batch * (sum(a * b for a, b in itertools.pairwise(widths)) + (hidden[-1] if dueling else 0)))
+
+
+def compute_cost(config: ExperimentConfig | Sequence[ExperimentConfig]) -> float:
+    """Multiply-adds of one member's forward pass over its batch, roughly (batch x weights); of several
+    configurations, the cost of the padded member a pack of them makes (the widest layers and the largest batch)."""
+    cfgs = [config] if isinstance(config, ExperimentConfig) else list(config)
+    hidden = [max(c.agent.hidden[i] for c in cfgs) for i in range(len(cfgs[0].agent.hidden))]
+    return _shape_cost(hidden, max(c.agent.batch_size for c in cfgs), any(c.agent.dueling for c in cfgs))
+
+
+PACK_OVERHEAD = 1.8e6
+"""A pack's fixed cost per gradient step, in :func:`compute_cost` units: its kernel launches and Python dispatch, and
+the acting, environment and replay steps around the update (measured on one CPU core: about 0.5 ms, against 0.27 ns
+per unit of padded compute per member; ``bench/README.md``, issue 14)."""
+MEMBER_OVERHEAD = 3.4e4
+"""A member's fixed cost per gradient step, in the same units (about 9 us)."""
+
+
+def pack_cost(configs: Sequence[ExperimentConfig]) -> float:
+    """Estimated time of one gradient step of a pack of ``configs`` (each with its seeds), in :func:`compute_cost`
+    units: what splitting a group into packs trades (one pack's overhead against padding everyone to the largest)."""
+    rows = sum(c.train.num_seeds for c in configs)
+    return PACK_OVERHEAD + rows * (MEMBER_OVERHEAD + compute_cost(configs))
+
+
+def _split(configs: Sequence[ExperimentConfig], idx: list[int], max_configs: int) -> list[list[int]]:
+    """``idx`` (ordered by compute cost) cut into consecutive packs of at most ``max_configs`` with the least total
+    :func:`pack_cost` (dynamic programming over the cut points); among equal costs, packs of more even sizes."""
+    n = len(idx)
+    agents = [configs[k].agent for k in idx]
+    seeds = [configs[k].train.num_seeds for k in idx]
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        hidden = [0] * len(agents[0].hidden)
+        batch, dueling, rows = 0, False, 0
+        for i in range(j - 1, max(j - max_configs, 0) - 1, -1):  # the pack idx[i:j], grown one member at a time
+            a = agents[i]
+            hidden = [max(x, y) for x, y in zip(hidden, a.hidden, strict=True)]
+            batch, dueling, rows = max(batch, a.batch_size), dueling or a.dueling, rows + seeds[i]
+            cost = PACK_OVERHEAD + rows * (MEMBER_OVERHEAD + _shape_cost(hidden, batch, dueling))
+            c = best[i] + cost * (1 + 1e-9 * (j - i) ** 2)  # a vanishing penalty: equal costs, even sizes
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    packs = []
+    j = n
+    while j > 0:
+        packs.append(idx[cut[j]:j])
+        j = cut[j]
+    return packs[::-1]
 
 
 def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None = None) -> list[list[int]]:
-    """Indices of ``configs`` grouped into packs: one group per :func:`pack_key`, in order of first appearance, split
-    into as few packs of at most ``max_configs`` as possible, of nearly equal sizes. A group that is split is
-    ordered by :func:`compute_cost` first (stably), so that each pack holds configurations of similar widths and
-    batch sizes and pads little."""
+    """Indices of ``configs`` grouped into packs: one group per :func:`pack_key`, in order of first appearance; with
+    ``max_configs``, each group is ordered by :func:`compute_cost` (stably) and cut into packs of at most that many
+    configurations where :func:`pack_cost` says the cut pays: configurations of similar widths and batch sizes
+    share a pack, and a pack is not padded far beyond what its members need."""
     if max_configs is not None and max_configs < 1:
         raise ValueError(f"max_configs={max_configs} must be >= 1")
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(pack_key(c), []).append(i)
+    if max_configs is None:
+        return list(groups.values())
     packs = []
     for idx in groups.values():
-        n_packs = -(-len(idx) // max_configs) if max_configs else 1
-        if n_packs > 1:
-            idx = sorted(idx, key=lambda i: compute_cost(configs[i]))
-        bounds = [round(j * len(idx) / n_packs) for j in range(n_packs + 1)]
-        packs += [idx[a:b] for a, b in itertools.pairwise(bounds)]
+        packs += _split(configs, sorted(idx, key=lambda i: compute_cost(configs[i])), max_configs)
     return packs
 
 

@@ -10,7 +10,7 @@ from dqlray.config import load_config
 from dqlray.data import synth_market
 from dqlray.dqn import DQNLearner
 from dqlray.errors import ConfigError
-from dqlray.pack import PackRun, group_configs, pack_conflict, pack_problem, train_pack
+from dqlray.pack import PackRun, compute_cost, group_configs, pack_conflict, pack_problem, train_pack
 from dqlray.replay import BYTES_PER_TRANSITION, ReplayBuffer
 from dqlray.trainer import train
 from dqlray.tuning.space import parse_sweep_file, trial_config
@@ -173,7 +173,15 @@ def test_configs_that_cannot_share_a_pack():
     cfgs = [base, small(agent={"buffer_size": 500}), small(agent={"hidden": [8, 8]}), small(agent={"gamma": 0.5}),
             small(agent={"buffer_size": 500, "hidden": [16, 16]})]
     assert group_configs(cfgs) == [[0, 2, 3], [1, 4]]
-    assert group_configs(cfgs, max_configs=2) == [[2, 0], [3], [1, 4]]  # split by shape: narrow ones together
+    # cut by shape: the two 32-wide ones share a pack rather than padding the 8-wide one; cheaper first in a group
+    assert group_configs(cfgs, max_configs=2) == [[2], [0, 3], [4, 1]]
+    # where padding costs less than a pack's own overhead, small networks share one pack; a wide one, with a large
+    # batch, pays more for padding everyone than one more pack costs
+    tiny = [small(agent={"hidden": [h, h], "batch_size": b}) for h, b in ((8, 32), (16, 32), (16, 64), (32, 32))]
+    assert group_configs(tiny, max_configs=8) == [[0, 1, 2, 3]]
+    wide = [*tiny, small(agent={"hidden": [256, 256], "batch_size": 256})]
+    assert group_configs(wide, max_configs=8) == [[0, 1, 2, 3], [4]]
+    assert compute_cost(wide[:2]) == compute_cost(wide[1]) < compute_cost(wide[4])
 
 
 def test_the_default_sweep_grid_is_one_pack():
@@ -182,7 +190,7 @@ def test_the_default_sweep_grid_is_one_pack():
     cfgs = [trial_config(sweep.base, dict(zip(keys, p, strict=True)))
             for p in itertools.product(*(sweep.grid[k] for k in keys))]
     assert len(cfgs) == 27 and group_configs(cfgs) == [list(range(27))]
-    assert [len(p) for p in group_configs(cfgs, max_configs=8)] == [8, 8, 8, 3]
+    assert [len(p) for p in group_configs(cfgs, max_configs=8)] == [7, 7, 7, 6]  # as few as fit, even sizes
 
 
 def _random_steps(n, k, seed):

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dqlray.pack import pack_key, pack_problem
+from dqlray.pack import pack_cost, pack_key, pack_problem
 from dqlray.tuning.rungs import RungServer, RungTable, milestones
 from dqlray.tuning.search import PackSearcher
 from dqlray.tuning.space import auto_pack_size, parse_sweep_file, trial_config
@@ -131,11 +131,25 @@ def test_optuna_is_told_each_configurations_own_result_and_state_is_saved(tmp_pa
         pickle.dumps(restored)
 
 
-def test_the_default_space_packs_and_auto_sizes(capsys):
+def test_the_default_space_packs_and_auto_sizes():
     sf = parse_sweep_file("configs/sweep.yaml")
-    s = PackSearcher(sf, pack_size=auto_pack_size(27, 2, gpu=False), max_concurrent=2)
-    sizes = [len(s.suggest(f"t{i}")["pack"]) for i in range(2)]
-    print(f"default space, 27 configurations, 2 slots, --pack auto: packs of {sizes}")
-    assert sizes == [14, 13] and s.suggest("t2") is None  # one group: the default space keeps group keys equal
+    m = auto_pack_size(27, 2, gpu=False)
+    s = PackSearcher(sf, pack_size=m, max_concurrent=2)
+    packs = []
+    for i in range(40):
+        got = s.suggest(f"t{i}")
+        if got == "FINISHED":
+            break
+        packs.append([trial_config(sf.base, x["params"]) for x in got["pack"]])
+        s.on_trial_complete(f"t{i}", {})
+    sizes = [len(p) for p in packs]
+    shapes = [sorted({(c.agent.hidden[0], c.agent.batch_size) for c in p}) for p in packs]
+    print(f"default space, 27 configurations, 2 slots, --pack auto (up to {m}): packs of {sizes}, (width, batch) "
+          f"{shapes}")
+    assert m == 14 and sum(sizes) == 27 and all(pack_problem(p) is None for p in packs)
+    # one group (the default space keeps group keys equal), one wave, cut where padding would cost more than a pack
+    assert len({pack_key(c) for p in packs for c in p}) == 1 and len(s.configs) == 27
+    costs = [pack_cost(p) for p in packs]
+    assert costs == sorted(costs, reverse=True)  # the longest packs first
     assert auto_pack_size(27, 1, gpu=False) == 16 and auto_pack_size(500, 1, gpu=True) == 256
     assert auto_pack_size(3, 8, gpu=False) == 1

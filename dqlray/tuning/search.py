@@ -10,7 +10,8 @@ the grid.
 
 Packs are formed a wave at a time: when a trial slot is free, the searcher asks for as many configurations as the
 free slots' packs hold, then splits them into packs whose members can share one (:func:`dqlray.pack.group_configs`:
-equal group keys, ordered by compute cost so that a pack pads little). The searcher's whole state (the Optuna study
+equal group keys; similar widths and batch sizes together, cut where one more pack costs less than padding), and
+queues the longest packs first. The searcher's whole state (the Optuna study
 included) is saved and restored with the sweep.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from dqlray.pack import DIVERGED, FINISHED, STOPPED, group_configs
+from dqlray.pack import DIVERGED, FINISHED, STOPPED, group_configs, pack_cost
 from dqlray.tuning.members import members_of
 from dqlray.tuning.space import SweepFile, encode, expected_configs, grid_points, trial_config
 
@@ -153,7 +154,10 @@ class PackSearcher(Searcher):
             return
         ids = [self._ask() for _ in range(n)]
         cfgs = [trial_config(self.sweep_file.base, self.configs[cid]["params"]) for cid in ids]
-        self.queue += [[ids[i] for i in pack] for pack in group_configs(cfgs, max_configs=self.pack_size)]
+        packs = group_configs(cfgs, max_configs=self.pack_size)
+        # the longest packs first, so that the short ones fill the slots at the end (LPT scheduling)
+        packs.sort(key=lambda p: -pack_cost([cfgs[i] for i in p]))
+        self.queue += [[ids[i] for i in pack] for pack in packs]
 
     def _observe(self, cid: str, m: dict[str, Any]) -> None:
         rec = self.configs.get(cid)
