@@ -10,7 +10,9 @@ Every sweep is ``tune_main.py`` as a user runs it (configs/sweep.yaml, data/test
 2. the same configurations at full budget (``scheduler: none``), both ways: the winner must be the same;
 3. the default sweep (Optuna's TPE + ASHA), both ways (TPE adapts to results, so the configurations differ);
 4. a larger sweep: ``--large-configs`` random configurations with a budget of ``--large-episodes`` episodes and
-   ASHA, both ways.
+   ASHA, both ways;
+5. random search with ASHA over a space of small networks (widths 16 or 32, batches 32 or 64; the direction the
+   learning-power issue takes), both ways: what packing gives when the update is not compute-bound.
 
 For each: wall time of the whole command (Ray start-up, the test evaluation and the report included); the trial
 phase (first trial start to last trial end, from the trials' own clocks); cores busy (the packs' CPU seconds over
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--large-episodes", type=int, default=100)
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--skip-optuna", action="store_true")
+    ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--json", default=None, help="write every sweep's figures here")
     args = ap.parse_args(argv)
     base = yaml.safe_load(SWEEP_FILE.read_text())
@@ -131,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
             ("random_full", full, ("--search", "random", "--seed", "1", "--num-samples", n))]
     if not args.skip_optuna:
         plan.append(("optuna_asha", default, ("--num-samples", n)))
+    if not args.skip_small:
+        small = sweep_file(store, "small", search={"agent.hidden": {"choice": [[16, 16], [32, 32]]},
+                                                   "agent.batch_size": {"choice": [32, 64]}})
+        plan.append(("small_asha", small, ("--search", "random", "--seed", "1", "--num-samples", n)))
     if not args.skip_large:
         large = sweep_file(store, "large", train={"episodes": args.large_episodes})
         plan.append(("large_asha", large, ("--search", "random", "--seed", "2", "--num-samples",
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {tag}: {runs[tag]['wall_s']:.1f} s; {load()}", flush=True)
     print(f"\n{HEADER}\n{'-' * len(HEADER)}")
     labels = {"random_asha": "random + ASHA, same configs", "random_full": "random, full budget, same configs",
-              "optuna_asha": "default (Optuna TPE + ASHA)",
+              "optuna_asha": "default (Optuna TPE + ASHA)", "small_asha": "random + ASHA, small networks",
               "large_asha": f"random + ASHA, {args.large_configs} x {args.large_episodes} ep"}
     for name, _, _ in plan:
         for text in compare(labels[name], runs[f"{name}_packed"], runs[f"{name}_one"]):

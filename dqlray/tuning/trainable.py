@@ -30,7 +30,7 @@ from dqlray.tuning.members import rung_value, write_member
 from dqlray.tuning.rungs import rung_server
 from dqlray.tuning.space import trial_config
 
-REPORTED = ("val_sharpe", "val_sharpe_std", "val_return", "episode_return", "loss")
+REPORTED = ("val_sharpe", "val_sharpe_std", "val_return")  # per configuration, every episode: kept short
 
 
 @dataclass(frozen=True)
