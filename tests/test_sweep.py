@@ -74,6 +74,18 @@ def record_times(exp: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in exp.glob("configs/*/member.json")}
 
 
+def finished_pack_configs(exp: Path) -> set[str]:
+    """Configurations of the packs the saved experiment state records as TERMINATED: never trained again. (One that
+    left a running pack after the pack's last saved checkpoint is trained again, to the same result.)"""
+    done = {t for t, st in trial_statuses(exp).items() if st == "TERMINATED"}
+    return {r["config_id"] for r in records(exp).values() if r["pack_id"] in done}
+
+
+def same_result(a: dict, b: dict) -> bool:
+    keys = ("outcome", "episodes", "val_sharpe", "val_return", "evaluations", "params")
+    return all(a[k] == b[k] for k in keys)
+
+
 @pytest.mark.slow
 def test_packed_sweep_asha_optuna_retry_and_results(tmp_path):
     cfg = write_sweep(tmp_path, search="optuna", pack=4, tell_stopped="pruned", rung_window=2)
@@ -159,9 +171,10 @@ def test_a_packed_configuration_equals_its_run_alone(tmp_path):
     from dqlray.trainer import train
     from dqlray.tuning.space import trial_config
 
-    # widths and batch sizes differ inside the pack: padded and masked
-    cfg = write_sweep(tmp_path, train={"episodes": 3, "num_seeds": 2}, scheduler="none", num_samples=3, pack=3,
-                      space={"agent.batch_size": {"choice": [16, 32]}})
+    # widths and batch sizes differ inside the pack: padded and masked; each keeps its best validation checkpoint
+    cfg = write_sweep(tmp_path, train={"episodes": 3, "num_seeds": 2, "select": "best_val_sharpe"},
+                      scheduler="none", num_samples=3, pack=3, space={"agent.batch_size": {"choice": [8, 16]},
+                                                                     "agent.hidden": {"choice": [[8, 8], [16, 16]]}})
     proc = subprocess.run(tune_cmd(cfg, tmp_path, "eq"), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "store" / "eq"
@@ -174,8 +187,22 @@ def test_a_packed_configuration_equals_its_run_alone(tmp_path):
         state = torch.load(exp / "configs" / cid / "checkpoint" / "state.pt", weights_only=False)
         for key, mine in (("online", alone.learner.net.flat), ("target", alone.learner.target_flat)):
             assert torch.allclose(state["learner"][key], mine, rtol=1e-4, atol=1e-6), (cid, key)
-        assert rec["val_sharpe"] == pytest.approx(alone.final["val_sharpe"], rel=1e-4, abs=1e-6)
         assert rec["episodes"] == 3 and rec["outcome"] == "finished"
+        # ranked by the evaluation its checkpoint was chosen at (train.select), the same one as alone
+        assert rec["selected_episode"] == alone.member.selected["episodes"]
+        assert rec["val_sharpe"] == pytest.approx(alone.member.selected["val"]["val_sharpe"], rel=1e-4, abs=1e-6)
+        assert rec["evaluations"] == pytest.approx([e["val_sharpe"] for e in alone.member.evaluations], rel=1e-4,
+                                                   abs=1e-6)
+        chosen = torch.load(exp / "configs" / cid / "selected" / "state.pt", weights_only=False)
+        assert torch.allclose(chosen["learner"]["online"], alone.kept_learner().net.flat, rtol=1e-4, atol=1e-6)
+        assert np.load(exp / "configs" / cid / "val_returns.npy").shape[1] == 2  # (bars, seeds)
+        assert (exp / "configs" / cid / "val_returns_last.npy").exists()
+    # the deflated Sharpe counts every evaluation the selection chose among, and the winner's chosen checkpoint
+    # was the one evaluated on test
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["n_candidates"] == 9 and summary["deflated_sharpe"]["n_trials"] == 9
+    assert summary["selected_episode"] == recs[summary["best_trial"]]["selected_episode"]
+    assert "best of 9 checkpoints (3 configurations" in proc.stdout
 
 
 @pytest.mark.slow
@@ -196,18 +223,20 @@ def test_killed_driver_resumes_without_rerunning_finished_configurations(tmp_pat
     p.wait()
     before = {k: len(v) for k, v in results_by_trial(exp).items()}
     done_before = {f"trial_{t}" for t in finished}
-    times_before = record_times(exp)
+    times_before, recs_before, kept = record_times(exp), records(exp), finished_pack_configs(exp)
     rungs_before = json.loads((exp / "rungs.json").read_text())["rungs"]
-    assert done_before and len(times_before) >= 2
+    assert done_before and len(kept) >= 2
     proc = subprocess.run(tune_cmd(cfg, tmp_path, "grid", "--resume"), capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     after = results_by_trial(exp)
     for t in done_before:  # no finished pack ran again
         assert len(after[t]) == before[t], t
-    times_after = record_times(exp)
-    for cid, t in times_before.items():  # no configuration that had finished was trained and written again
-        assert times_after[cid] == t, cid
+    times_after, recs_after = record_times(exp), records(exp)
+    for cid in kept:  # no configuration of a finished pack was trained and written again
+        assert times_after[cid] == times_before[cid], cid
+    for cid, rec in recs_before.items():  # and any that was, came out the same
+        assert same_result(rec, recs_after[cid]), cid
     rungs_after = json.loads((exp / "rungs.json").read_text())["rungs"]
     for m, rung in rungs_before.items():  # the rung table survived the kill
         assert rung["recorded"].items() <= rungs_after[m]["recorded"].items()
@@ -233,16 +262,17 @@ def test_bad_sweep_file_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_sigusr1_saves_state_exits_75_and_resumes_with_its_own_settings(tmp_path):
     # The settings come from flags, not the file (which says 6 episodes, random search, 8 samples, pack auto): a
-    # plain `--resume --experiment-name` must bring them all back (issue 13, item 1).
+    # plain `--resume --experiment-name` must bring them all back (issue 13, item 1), and a packed sweep resumes
+    # without training its finished configurations again (issue 14).
     cfg = write_sweep(tmp_path)
     exp = tmp_path / "store" / "usr1"
-    flags = ["--episodes", "30", "--search", "grid", "--max-concurrent", "1", "--pack", "1"]
+    flags = ["--episodes", "80", "--search", "grid", "--max-concurrent", "1", "--pack", "2"]
     p = subprocess.Popen(tune_cmd(cfg, tmp_path, "usr1", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, cwd=tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
-        if records(exp) and any(len(r) >= 2 for r in results_by_trial(exp).values()):  # the second is under way
-            break
+        if len(records(exp)) >= 2:
+            break  # the first pack is done, the second starting
         time.sleep(0.1)
     p.send_signal(signal.SIGUSR1)
     out, _ = p.communicate(timeout=120)
@@ -250,27 +280,30 @@ def test_sigusr1_saves_state_exits_75_and_resumes_with_its_own_settings(tmp_path
     assert "Resume with: python tune_main.py --resume --experiment-name usr1" in out
     assert not (exp / "summary.json").exists()
     meta_before = json.loads((exp / "sweep_meta.json").read_text())
-    times_before = record_times(exp)
-    assert times_before
+    times_before, recs_before, kept = record_times(exp), records(exp), finished_pack_configs(exp)
+    assert len(kept) >= 2
     bare = [sys.executable, str(ROOT / "tune_main.py"), "--resume", "--experiment-name", "usr1",
             "--storage-path", str(tmp_path / "store"), "--no-dashboard"]
     # a flag that contradicts the stored setting is refused, naming both values, and changes nothing
-    for flag, value, shown in (("--episodes", "6", "train.episodes=6"), ("--pack", "2", "sweep.pack=2")):
+    for flag, value, shown in (("--episodes", "6", "train.episodes=6"), ("--pack", "1", "sweep.pack=1")):
         bad = subprocess.run([*bare, flag, value], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert bad.returncode == 2, bad.stdout[-2000:] + bad.stderr[-2000:]
         assert bad.stderr.count("\n") == 1 and shown in bad.stderr, bad.stderr
     assert json.loads((exp / "sweep_meta.json").read_text()) == meta_before
     # the same value again is fine; so is a new placement setting
-    proc = subprocess.run([*bare, "--episodes", "30", "--max-concurrent", "2"], capture_output=True, text=True,
+    proc = subprocess.run([*bare, "--episodes", "80", "--max-concurrent", "2"], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (exp / "summary.json").exists()
     rows = list(csv.DictReader((exp / "trials.csv").open()))
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)  # the 2 x 2 grid, not 8 samples
-    assert len({r["pack_id"] for r in rows}) == 4  # --pack 1 came back: one configuration per trial
-    assert max(int(r["episodes"]) for r in rows) == 30
-    for cid, t in times_before.items():  # finished before the signal: not trained again
-        assert record_times(exp)[cid] == t, cid
+    assert len({r["pack_id"] for r in rows}) == 2  # --pack 2 came back: two packs of two
+    assert max(int(r["episodes"]) for r in rows) == 80
+    times_after, recs_after = record_times(exp), records(exp)
+    for cid in kept:  # in a pack finished before the signal: not trained again
+        assert times_after[cid] == times_before[cid], cid
+    for cid, rec in recs_before.items():
+        assert same_result(rec, recs_after[cid]), cid
     meta = json.loads((exp / "sweep_meta.json").read_text())
     assert meta["base_config"] == meta_before["base_config"] and meta["sweep"]["search"] == "grid"
-    assert meta["sweep"]["pack"] == 1 and meta["resumed"][-1]["max_concurrent"] == 2
+    assert meta["sweep"]["pack"] == 2 and meta["resumed"][-1]["max_concurrent"] == 2
