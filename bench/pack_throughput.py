@@ -12,13 +12,17 @@ compute, without Tune's own overhead), once as one :class:`dqlray.pack.PackRun`.
 - ``default space``: drawn from the whole search space, so the pack pads widths to 128 units, batches to 128
   samples, and carries a dueling branch for its plain members;
 - ``by shape``: three times as many configurations from the whole space, grouped by
-  :func:`dqlray.pack.group_configs` into packs of ``--configs`` (ordered by widths and batch size before the split,
-  so each pack pads little), the packs trained one after another.
+  :func:`dqlray.pack.group_configs` into packs of at most ``--configs`` (ordered by compute cost and cut where one
+  more pack costs less than padding), the packs trained one after another.
 
 Budget: ``--episodes`` episodes of 250 steps (the sweep's episode length), validation at the end only, on
 data/test_small.csv with the sweep file's base settings. Throughput is agent-steps (env steps x members) per second
 of wall time and per second of the child's CPU time (the steadier figure on a shared machine). Each child also
 checks that the pack's configurations end where their separate runs end (final validation Sharpe).
+
+Then (``--scaling``) how throughput grows with the pack: packs of 1, 4, 8, 16, 32 same-shaped configurations (widths
+32 and 64, batches as wide) in a child per width; what ``--pack auto``'s cap and the pack cost model
+(:data:`dqlray.pack.PACK_OVERHEAD`) are read from.
 
 Then, in fresh children, the peak RSS (``ru_maxrss``) of packs of ``--memory`` configurations x ``--seeds`` seeds from
 the default space with the sweep's buffer size, after four episodes, next to a single K-seed run.
@@ -116,6 +120,30 @@ def child_speed(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def child_scaling(spec: dict[str, Any]) -> dict[str, Any]:
+    """Agent-steps per CPU-second of packs of each size in ``spec['sizes']``, every member ``spec['width']`` wide."""
+    import torch
+
+    from dqlray.data import load_ohlcv
+    from dqlray.pack import PackRun
+
+    torch.set_num_threads(1)
+    w = spec["width"]
+    cfgs = [c.replace({"agent": {"hidden": [w, w], "batch_size": w, "agent_type": "dqn"}})
+            for c in sample_configs(max(spec["sizes"]), spec["seed"], spec["seeds"], 100, True)]
+    data = load_ohlcv(cfgs[0].data.data_file)
+    out = {}
+    for m in spec["sizes"]:
+        run = PackRun(cfgs[:m], data)
+        for _ in range(3):  # past learning_starts
+            run.run_episode()
+        c0 = time.process_time()
+        for _ in range(spec["episodes"]):
+            run.run_episode()
+        out[str(m)] = run.learner.k * run.per_episode * spec["episodes"] / (time.process_time() - c0)
+    return {"width": w, "steps_per_cpu_s": out}
+
+
 def child_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS of one pack (or one run) of the default space after ``MEMORY_EPISODES`` episodes."""
     import torch
@@ -149,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--episodes", type=int, default=8, help="episodes of 250 env steps per member")
     ap.add_argument("--repeats", type=int, default=2, help="rounds (the order separate/pack alternates)")
     ap.add_argument("--memory", default="16,32", help="pack sizes (configurations) whose peak RSS is measured")
+    ap.add_argument("--scaling", default="1,4,8,16,32", help="pack sizes of the scaling table (empty: skip it)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the speed runs)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the configuration draws")
     ap.add_argument("--json", default=None)
@@ -156,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.child is not None:
         spec = json.loads(args.child)
-        print(json.dumps(child_memory(spec) if spec["kind"] == "memory" else child_speed(spec)))
+        child = {"memory": child_memory, "scaling": child_scaling, "speed": child_speed}[spec["kind"]]
+        print(json.dumps(child(spec)))
         return
 
     import platform
@@ -202,6 +232,16 @@ def main(argv: list[str] | None = None) -> None:
               f"{', '.join(r0['types'])}; n-step {r0['n_step']}; largest |val Sharpe pack - separate| "
               f"{max(r['max_val_sharpe_diff'] for r in rs):.1e})")
         summary[name] = {"median": med, "agent_steps": steps, "runs": rs}
+    scaling = []
+    pack_sizes = [int(x) for x in args.scaling.split(",") if x]
+    if pack_sizes:
+        for w in (32, 64):
+            scaling.append(run_child({"kind": "scaling", "sizes": pack_sizes, "width": w, "seeds": k,
+                                      "seed": args.seed, "episodes": 2}, [], 3600, module="bench.pack_throughput"))
+        print(f"\nAgent-steps per CPU-second by pack size (same-shaped configurations x {k} seeds, one core)")
+        print(f"{'width = batch':<16}" + "".join(f"{'M=' + str(m):>10}" for m in pack_sizes))
+        for r in scaling:
+            print(f"{r['width']:<16}" + "".join(f"{r['steps_per_cpu_s'][str(m)]:>10,.0f}" for m in pack_sizes))
     mem = []
     sizes = [int(x) for x in args.memory.split(",") if x]
     for n in [1, *sizes]:
@@ -214,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         what = "one run (train())" if r["configs"] == 1 else f"pack of {r['configs']} configurations"
         print(f"  {what:<34}{r['rows']:>4} rows  peak RSS {r['peak_rss_mb']:>6.0f} MB  (replay {r['replay_mb']:.1f} MB)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"speed": summary, "memory": mem, "argv": sys.argv[1:]}, indent=1))
+        Path(args.json).write_text(json.dumps({"speed": summary, "scaling": scaling, "memory": mem,
+                                               "argv": sys.argv[1:]}, indent=1))
 
 
 if __name__ == "__main__":

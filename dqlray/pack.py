@@ -114,17 +114,19 @@ def compute_cost(config: ExperimentConfig | Sequence[ExperimentConfig]) -> float
     return _shape_cost(hidden, max(c.agent.batch_size for c in cfgs), any(c.agent.dueling for c in cfgs))
 
 
-PACK_OVERHEAD = 1.8e6
-"""A pack's fixed cost per gradient step, in :func:`compute_cost` units: its kernel launches and Python dispatch, and
-the acting, environment and replay steps around the update (measured on one CPU core: about 0.5 ms, against 0.27 ns
-per unit of padded compute per member; ``bench/README.md``, issue 14)."""
-MEMBER_OVERHEAD = 3.4e4
-"""A member's fixed cost per gradient step, in the same units (about 9 us)."""
+PACK_OVERHEAD = 4.0e6
+"""A pack's fixed cost per env step, in :func:`compute_cost` units: Python and kernel dispatch of its acting,
+environment, replay and update steps. Fitted to packs of 1 to 32 same-shaped configurations x 2 seeds on one CPU core
+(widths 32 and 64, ``train_freq`` 4; ``bench/README.md``, issue 14): about 240 us per env step per pack, 6 us per
+member, and 5.8e-5 us per unit of a member's padded compute."""
+MEMBER_OVERHEAD = 1.0e5
+"""A member's fixed cost per env step, in the same units (about 6 us)."""
 
 
 def pack_cost(configs: Sequence[ExperimentConfig]) -> float:
-    """Estimated time of one gradient step of a pack of ``configs`` (each with its seeds), in :func:`compute_cost`
-    units: what splitting a group into packs trades (one pack's overhead against padding everyone to the largest)."""
+    """Estimated time of one env step of a pack of ``configs`` (each with its seeds, and its share of a gradient step),
+    in :func:`compute_cost` units: what splitting a group into packs trades (one pack's overhead against padding
+    everyone to the widest layers and the largest batch)."""
     rows = sum(c.train.num_seeds for c in configs)
     return PACK_OVERHEAD + rows * (MEMBER_OVERHEAD + compute_cost(configs))
 
