@@ -175,10 +175,14 @@ def decode(value: Any) -> Any:
 
 
 CPU_PACK_CAP = 16
-"""Most configurations per pack on a CPU: ``bench/README.md`` (issue 14) measured the throughput per core still
-rising at this size for small networks, and a 32-configuration pack's memory near the 1 GB line."""
+"""Most configurations per pack on a CPU. ``python -m bench.pack_throughput --scaling`` (one core, 2 seeds each;
+``bench/README.md``, issue 14): 32-wide networks train at 10,400 agent-steps per CPU-second alone, 62,400 in packs
+of 16 and 76,400 in packs of 32; 64-wide ones at 8,500, 24,300 and 25,800. Past 16 the gain flattens for all but the
+smallest networks, while larger packs make fewer, longer trials: coarser scheduling, and fewer results for Optuna
+between its asks."""
 CUDA_PACK_CAP = 256
-"""Most configurations per pack on a GPU: a small MLP needs hundreds of members to fill one."""
+"""Most configurations per pack on a GPU: a small MLP needs hundreds of members to fill one (not measured yet: no
+GPU was available to issue 14)."""
 
 
 def auto_pack_size(n_configs: int, slots: int, gpu: bool) -> int:
