@@ -7,8 +7,8 @@ classes and changes nothing in them; keep it in step with the trainer). Sections
 
 - ``act``: epsilon schedule and ``DQNLearner.act`` (greedy forward + per-seed exploration draws);
 - ``env``: ``VecTradingEnv.step``;
-- ``insert``: the n-step accumulator and ``ReplayBuffer`` add (plus the loop's copies of ``t`` and ``pos``);
-- ``sample``: ``ReplayBuffer.sample`` (index draws and field gathers);
+- ``insert``: ``ReplayBuffer.add`` (plus the loop's copies of ``t`` and ``pos``);
+- ``sample``: ``ReplayBuffer.sample`` (index draws, record gathers, n-step returns);
 - ``gather``: ``Market.observe`` inside ``DQNLearner.update`` (observations for the sampled bars);
 - ``update``: the rest of ``DQNLearner.update`` (forward, manual backward, clipping, Adam, target sync, stats);
 - ``other``: the loop's own bookkeeping.
@@ -68,7 +68,7 @@ def profile(k: int, steps: int, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(cfg.train.torch_threads)
     ac = cfg.agent
     parts = build_parts(cfg, market)
-    venv, learner, buffer, nstep = parts.env, parts.learner, parts.buffer, parts.nstep
+    venv, learner, buffer = parts.env, parts.learner, parts.buffer
     timed = _TimedMarket(market)
     learner.market = timed
     ns = dict.fromkeys(SECTIONS, 0)
@@ -86,8 +86,7 @@ def profile(k: int, steps: int, args: argparse.Namespace) -> dict[str, Any]:
         pos = venv.pos
         step = venv.step(actions)
         t2 = pc()
-        nstep.push(buffer, t, pos, actions, step.reward * ac.reward_scale, venv.pos_values[actions], step.terminated,
-                   step.truncated)
+        buffer.add(t, pos, actions, step.reward, step.terminated, step.truncated)
         t3 = pc()
         obs = step.obs
         if (step.terminated | step.truncated).any():

@@ -1,13 +1,28 @@
-"""The default sweep on these cores: wall time, trials finished, compute saved by ASHA, and ASHA's best vs the best
-found when every trial runs its full budget.
+"""Sweeps on these cores, packed (issue 14) against one configuration per trial (``--pack 1``).
 
-    python -m bench.sweep [--num-samples 27] [--skip-compare]
+    python -m bench.sweep [--num-samples 27] [--large-configs 64] [--large-episodes 100] [--skip-large]
+                          [--skip-optuna] [--json out.json]
 
-1. `tune_main.py --num-samples 27` exactly as the README's main job runs it (Optuna + ASHA, configs/sweep.yaml).
-2. The same sampled configurations twice with random search (seeded, so both see identical configurations): with ASHA
-   and with every trial at full budget. Reported: wall times, episodes used, and the best validation Sharpe of each.
-Goal (issue 4): the default 27-trial sweep completes in under 3 minutes on 2 cores.
+Every sweep is ``tune_main.py`` as a user runs it (configs/sweep.yaml, data/test_small.csv), in a subprocess:
+
+1. random search, seeded, with ASHA: the same ``--num-samples`` configurations (Optuna's ``RandomSampler`` draws
+   them in the same order whatever the pack size), ``--pack auto`` against ``--pack 1``;
+2. the same configurations at full budget (``scheduler: none``), both ways: the winner must be the same;
+3. the default sweep (Optuna's TPE + ASHA), both ways (TPE adapts to results, so the configurations differ);
+4. a larger sweep: ``--large-configs`` random configurations with a budget of ``--large-episodes`` episodes and
+   ASHA, both ways;
+5. random search with ASHA over a space of small networks (widths 16 or 32, batches 32 or 64; the direction the
+   learning-power issue takes), both ways: what packing gives when the update is not compute-bound.
+
+For each: wall time of the whole command (Ray start-up, the test evaluation and the report included); the trial
+phase (first trial start to last trial end, from the trials' own clocks); cores busy (the packs' CPU seconds over
+wall time x cores, and over the trial phase x cores); agent-steps (env steps x seeds, summed over configurations)
+per core-second of wall time; episodes used; the best validation Sharpe among the configurations that reached the
+full budget (the winner's); the winner; and the largest peak RSS of a trial's worker process. Timings on a shared
+machine are noisy: the load average is printed before and after.
 """
+
+from __future__ import annotations
 
 import argparse
 import csv
@@ -18,61 +33,147 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SWEEP_FILE = ROOT / "configs" / "sweep.yaml"
 
 
-def run_sweep(store: Path, name: str, *extra: str) -> tuple[float, list[dict], dict]:
-    cmd = [sys.executable, str(ROOT / "tune_main.py"), "--experiment-name", name, "--storage-path", str(store),
-           "--no-dashboard", *extra]
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_sweep(store: Path, name: str, config: Path, *extra: str) -> dict[str, Any]:
+    """Run one sweep to completion; return its figures."""
+    cmd = [sys.executable, str(ROOT / "tune_main.py"), "--config", str(config), "--experiment-name", name,
+           "--storage-path", str(store), "--no-dashboard", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"sweep {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    rows = list(csv.DictReader((store / name / "trials.csv").open()))
-    summary = json.loads((store / name / "summary.json").read_text())
-    return wall, rows, summary
+        sys.exit(f"sweep {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    exp = store / name
+    rows = list(csv.DictReader((exp / "trials.csv").open()))
+    summary = json.loads((exp / "summary.json").read_text())
+    meta = json.loads((exp / "sweep_meta.json").read_text())
+    seeds = int(meta["base_config"]["train"]["num_seeds"])
+    starts, ends, cpu, rss = [], [], 0.0, 0.0
+    for f in exp.glob("trial_*/result.json"):
+        res = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if not res:
+            continue
+        starts.append(res[0]["unix_time"] - res[0]["time_this_iter_s"])
+        ends.append(res[-1]["unix_time"])
+        # a pack retried after a crash starts its CPU clock again: add each run's last reading
+        cpu += sum(a["cpu_s"] for a, b in zip(res, res[1:] + [None], strict=True) if b is None or b["cpu_s"] < a["cpu_s"])
+        rss = max(rss, max(r["rss_peak_mb"] for r in res))
+    phase = max(ends) - min(starts)
+    cores = os.cpu_count() or 1
+    steps = sum(int(float(r["env_steps"] or 0)) for r in rows) * seeds
+    full = [r for r in rows if r["full_budget"] == "True"]
+    return {"name": name, "wall_s": wall, "trial_phase_s": phase, "cpu_s": cpu,
+            "busy_wall": cpu / (wall * cores), "busy_phase": cpu / (phase * cores),
+            "agent_steps": steps, "steps_per_core_s": steps / (wall * cores),
+            "episodes": sum(int(float(r["episodes"] or 0)) for r in rows), "configs": len(rows),
+            "packs": summary["n_packs"], "pack_size": meta.get("pack_size"), "full_budget": len(full),
+            "best_val_sharpe": summary["best_val"]["val_sharpe"], "winner": summary["best_trial"],
+            "winner_params": summary["best_params"], "rss_peak_mb": rss}
 
 
-def describe(rows: list[dict], max_t: int) -> tuple[int, float, float]:
-    used = sum(int(r["episodes"]) for r in rows)
-    best = max(float(r["val_sharpe"]) for r in rows if r["val_sharpe"])
-    return used, 1 - used / (len(rows) * max_t), best
+def sweep_file(store: Path, name: str, **changes: Any) -> Path:
+    """configs/sweep.yaml with ``{section: {field: value}}`` changes."""
+    cfg = yaml.safe_load(SWEEP_FILE.read_text())
+    for sec, fields in changes.items():
+        cfg.setdefault(sec, {}).update(fields)
+    cfg["data"]["data_file"] = str(ROOT / cfg["data"]["data_file"])
+    p = store / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+HEADER = (f"{'sweep':<34}{'pack':>6}{'packs':>6}{'wall s':>8}{'trials s':>9}{'busy':>6}{'busy*':>6}"
+          f"{'steps/core-s':>13}{'episodes':>9}{'full':>5}{'best val':>9}{'winner':>7}{'RSS MB':>8}")
+
+
+def line(label: str, r: dict[str, Any]) -> str:
+    return (f"{label:<34}{str(r['pack_size']):>6}{r['packs']:>6}{r['wall_s']:>8.1f}{r['trial_phase_s']:>9.1f}"
+            f"{r['busy_wall']:>6.0%}{r['busy_phase']:>6.0%}{r['steps_per_core_s']:>13,.0f}{r['episodes']:>9}"
+            f"{r['full_budget']:>5}{r['best_val_sharpe']:>9.3f}{r['winner']:>7}{r['rss_peak_mb']:>8.0f}")
+
+
+def compare(label: str, packed: dict[str, Any], one: dict[str, Any]) -> list[str]:
+    out = [line(label, packed), line("", one)]
+    out.append(f"{'':<34}packed/--pack 1: trial phase {packed['trial_phase_s'] / one['trial_phase_s']:.2f}x, wall "
+               f"{packed['wall_s'] / one['wall_s']:.2f}x, agent-steps per core-second "
+               f"{packed['steps_per_core_s'] / one['steps_per_core_s']:.1f}x")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--num-samples", type=int, default=27)
-    ap.add_argument("--skip-compare", action="store_true")
-    args = ap.parse_args()
-    import yaml
-
-    max_t = yaml.safe_load((ROOT / "configs" / "sweep.yaml").read_text())["train"]["episodes"]
+    ap.add_argument("--large-configs", type=int, default=64)
+    ap.add_argument("--large-episodes", type=int, default=100)
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-optuna", action="store_true")
+    ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument("--json", default=None, help="write every sweep's figures here")
+    args = ap.parse_args(argv)
+    base = yaml.safe_load(SWEEP_FILE.read_text())
     store = Path(tempfile.mkdtemp(prefix="dqlray-bench-sweep-"))
-    print(f"cores: {os.cpu_count()}, trials: {args.num_samples}, full budget: {max_t} episodes per trial")
-    wall, rows, summary = run_sweep(store, "default", "--num-samples", str(args.num_samples))
-    used, saved, best = describe(rows, max_t)
-    print(f"\n{'sweep':<34}{'wall s':>8}{'trials':>8}{'episodes':>10}{'saved':>8}{'best val Sharpe':>17}")
-    print(f"{'default (optuna + ASHA)':<34}{wall:>8.1f}{len(rows):>8}{used:>10}{saved:>8.0%}{best:>17.3f}")
-    print(f"  stopped by ASHA: {summary['n_stopped_by_asha']}, test Sharpe of the winner "
-          f"{summary['deflated_sharpe']['sharpe']:.2f}, DSR {summary['deflated_sharpe']['dsr']:.2f}")
-    print(f"  goal < 180 s: {'met' if wall < 180 else 'NOT met'}")
-    if args.skip_compare:
-        return
-    common = ("--search", "random", "--num-samples", str(args.num_samples), "--seed", "1")
-    w_a, r_a, _ = run_sweep(store, "random_asha", *common)
-    cfg = yaml.safe_load((ROOT / "configs" / "sweep.yaml").read_text())
-    cfg["sweep"]["scheduler"] = "none"
-    full_cfg = store / "sweep_full.yaml"
-    full_cfg.write_text(yaml.safe_dump(cfg))
-    w_f, r_f, _ = run_sweep(store, "random_full", *common, "--config", str(full_cfg))
-    ua, sa, ba = describe(r_a, max_t)
-    uf, sf, bf = describe(r_f, max_t)
-    print(f"{'random, same configs, ASHA':<34}{w_a:>8.1f}{len(r_a):>8}{ua:>10}{sa:>8.0%}{ba:>17.3f}")
-    print(f"{'random, same configs, full budget':<34}{w_f:>8.1f}{len(r_f):>8}{uf:>10}{sf:>8.0%}{bf:>17.3f}")
-    print(f"\nASHA used {ua / uf:.0%} of the full-budget compute ({w_a / w_f:.0%} of its wall time); its best "
-          f"validation Sharpe is {ba:.3f} against {bf:.3f} at full budget (difference {ba - bf:+.3f}).")
+    n = str(args.num_samples)
+    print(f"cores: {os.cpu_count()}, configurations: {n}, budget: {base['train']['episodes']} episodes x "
+          f"{base['env']['episode_length']} steps x {base['train']['num_seeds']} seeds; {load()}")
+    t0 = time.perf_counter()
+    runs: dict[str, dict[str, Any]] = {}
+    default = sweep_file(store, "default")
+    full = sweep_file(store, "full", sweep={"scheduler": "none"})
+    plan = [("random_asha", default, ("--search", "random", "--seed", "1", "--num-samples", n)),
+            ("random_full", full, ("--search", "random", "--seed", "1", "--num-samples", n))]
+    if not args.skip_optuna:
+        plan.append(("optuna_asha", default, ("--num-samples", n)))
+    if not args.skip_small:
+        small = sweep_file(store, "small", search={"agent.hidden": {"choice": [[16, 16], [32, 32]]},
+                                                   "agent.batch_size": {"choice": [32, 64]}})
+        plan.append(("small_asha", small, ("--search", "random", "--seed", "1", "--num-samples", n)))
+    if not args.skip_large:
+        large = sweep_file(store, "large", train={"episodes": args.large_episodes})
+        plan.append(("large_asha", large, ("--search", "random", "--seed", "2", "--num-samples",
+                                           str(args.large_configs))))
+    for name, cfg, extra in plan:
+        for pack in ("auto", "1"):  # the packed sweep first: the machine's load drifts, so alternate order per pair
+            tag = f"{name}_{'packed' if pack == 'auto' else 'one'}"
+            runs[tag] = run_sweep(store, tag, cfg, *extra, "--pack", pack)
+            print(f"  {tag}: {runs[tag]['wall_s']:.1f} s; {load()}", flush=True)
+    print(f"\n{HEADER}\n{'-' * len(HEADER)}")
+    labels = {"random_asha": "random + ASHA, same configs", "random_full": "random, full budget, same configs",
+              "optuna_asha": "default (Optuna TPE + ASHA)", "small_asha": "random + ASHA, small networks",
+              "large_asha": f"random + ASHA, {args.large_configs} x {args.large_episodes} ep"}
+    for name, _, _ in plan:
+        for text in compare(labels[name], runs[f"{name}_packed"], runs[f"{name}_one"]):
+            print(text)
+    print("\npack: configurations per pack (auto resolved); busy: the packs' CPU seconds / (wall x cores); busy*: the "
+          "same over the trial phase; full: configurations that ran the full budget; best val: the winner's "
+          "validation Sharpe (the best at full budget); RSS MB: the largest peak RSS of a trial's worker process.")
+    rf = (runs["random_full_packed"], runs["random_full_one"])
+    same = rf[0]["winner"] == rf[1]["winner"] and rf[0]["winner_params"] == rf[1]["winner_params"]
+    print(f"\nSame winner packed and --pack 1 (random search, full budget): {'yes' if same else 'NO'} "
+          f"({rf[0]['winner']} vs {rf[1]['winner']})")
+    ra = (runs["random_asha_packed"], runs["random_asha_one"])
+    phase, wall = ra[0]["trial_phase_s"] / ra[1]["trial_phase_s"], ra[0]["wall_s"] / ra[1]["wall_s"]
+    print(f"Goals (issue 14), random + ASHA on the same configurations: trial phase packed <= 1/3 of --pack 1: "
+          f"{phase:.2f} ({'met' if phase <= 1 / 3 else 'NOT met'}); wall <= 1/2: {wall:.2f} "
+          f"({'met' if wall <= 0.5 else 'NOT met'})")
+    if "large_asha_packed" in runs:
+        lg = runs["large_asha_packed"]
+        print(f"Larger sweep, packed: cores busy {lg['busy_wall']:.0%} of wall ({lg['busy_phase']:.0%} of the trial "
+              f"phase; goal >= 80%: {'met' if lg['busy_wall'] >= 0.8 else 'NOT met'}), "
+              f"{lg['steps_per_core_s']:,.0f} agent-steps per core-second")
+    print(f"\nbench.sweep took {time.perf_counter() - t0:.0f} s; {load()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=2))
 
 
 if __name__ == "__main__":

@@ -186,9 +186,11 @@ def idlest_core() -> int:
         return allowed[-1]
 
 
-def run_child(spec: dict[str, Any], argv: list[str], timeout: float) -> dict[str, Any]:
+def run_child(spec: dict[str, Any], argv: list[str], timeout: float, module: str = "bench.throughput"
+              ) -> dict[str, Any]:
+    """Run ``python -m module ... --child SPEC`` pinned to the idlest core; its last stdout line is the result."""
     core = idlest_core()
-    cmd = [sys.executable, "-m", "bench.throughput", *argv, "--child", json.dumps(spec)]
+    cmd = [sys.executable, "-m", module, *argv, "--child", json.dumps(spec)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
                           preexec_fn=lambda: os.sched_setaffinity(0, {core}))

@@ -139,6 +139,10 @@ class AgentConfig:
     """Final exploration rate."""
     eps_decay_fraction: float = 0.3
     """Fraction of the training budget over which epsilon decays linearly."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW, Loshchilov and Hutter 2019): every step multiplies the parameters by
+    ``1 - learning_rate * weight_decay`` before the Adam step; 0 is plain Adam. A regulariser for small, noisy
+    training sets (issue 12)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "agent")
@@ -157,6 +161,9 @@ class AgentConfig:
                f"an integer >= n_step ({self.n_step}), so every seed's buffer holds transitions before learning")
         _check(self.reward_scale > 0, "agent", "reward_scale", self.reward_scale, "a number > 0")
         _check(0 < self.tau <= 1, "agent", "tau", self.tau, "a number in (0, 1]")
+        _check(self.weight_decay >= 0 and self.learning_rate * self.weight_decay < 1, "agent", "weight_decay",
+               self.weight_decay, f"a number >= 0 with learning_rate * weight_decay < 1 (learning_rate is "
+               f"{self.learning_rate})")
         _check(self.loss in ("huber", "mse"), "agent", "loss", self.loss, "huber or mse")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "agent", "max_grad_norm", self.max_grad_norm,
                "null or a number > 0")
@@ -177,6 +184,9 @@ class AgentConfig:
     def dueling(self) -> bool:
         """Dueling value/advantage head."""
         return self.agent_type == "double_dueling"
+
+
+SELECT_CHOICES = ("last", "best_val_sharpe", "best_val_return")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +218,11 @@ class TrainConfig:
     """Torch intra-op threads (1 is fastest for these small networks, and lets trials share a node)."""
     periods_per_year: int = 252
     """Bars per year for annualised metrics."""
+    select: str = "last"
+    """Which parameters the run keeps for its test evaluation: ``last`` (those at the end of the budget), or
+    ``best_val_sharpe`` / ``best_val_return`` (those of the validation evaluation with the best mean over seeds of
+    that metric: a checkpoint chosen by validation, issue 12). A chosen checkpoint is one of the run's evaluations,
+    so a sweep counts every evaluation among the trials the multiple-testing haircut deflates by."""
 
     def __post_init__(self) -> None:
         check_finite(self, "train")
@@ -216,6 +231,7 @@ class TrainConfig:
             v = getattr(self, name)
             _check(v >= 1, "train", name, v, "an integer >= 1")
         _check(self.device in ("cpu", "cuda", "auto"), "train", "device", self.device, "cpu, cuda or auto")
+        _check(self.select in SELECT_CHOICES, "train", "select", self.select, ", ".join(SELECT_CHOICES))
         _check(bool(self.experiment_name) and "/" not in self.experiment_name, "train", "experiment_name",
                self.experiment_name, "a non-empty name without '/'")
 

@@ -1,9 +1,10 @@
 """A run's parts, built from its config in one place.
 
-The market arrays, the vectorised training environment, the learner, the replay buffer, the n-step accumulator and
-the per-seed random streams of a run are all made here from an :class:`~dqlray.config.ExperimentConfig`. The trainer,
-the workflow, the sweep, the benchmarks and the profile build through these functions, so a new setting is threaded
-through one place, and seed k's streams are laid out the same way everywhere.
+The market arrays, the vectorised training environment, the learner, the replay buffer and the per-seed random
+streams of a run (one configuration with its seeds, or a pack of several, issue 14) are all made here from
+:class:`~dqlray.config.ExperimentConfig` objects. The trainer, the workflow, the sweep, the benchmarks and the
+profile build through these functions, so a new setting is threaded through one place, and seed k's streams are
+laid out the same way everywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dqlray.dqn import DQNLearner, resolve_device
 from dqlray.env import position_values
 from dqlray.errors import ConfigError
 from dqlray.market import Market, first_decision_bar
-from dqlray.replay import NStepAccumulator, ReplayBuffer
+from dqlray.replay import ReplayBuffer
 from dqlray.vec_env import VecTradingEnv
 
 
@@ -83,20 +84,25 @@ class RunParts:
     env: VecTradingEnv
     learner: DQNLearner
     buffer: ReplayBuffer
-    nstep: NStepAccumulator
     streams: SeedStreams
 
 
-def build_parts(config: ExperimentConfig, market: Market) -> RunParts:
-    """The environment, learner, replay buffer and n-step accumulator of ``config`` on ``market``."""
-    seeds = config.train.seeds
+def build_parts(config: ExperimentConfig | Sequence[ExperimentConfig], market: Market) -> RunParts:
+    """The environment, learner and replay buffer of ``config`` on ``market``.
+
+    ``config`` is one configuration (a row per seed), or a pack of configurations that can share one
+    (:func:`dqlray.pack.pack_problem`): a row per configuration and seed, in order, each row with its configuration's
+    agent settings and its seed's streams, so a configuration's rows are laid out as they would be alone.
+    """
+    configs = [config] if isinstance(config, ExperimentConfig) else list(config)
+    first = configs[0]
+    seeds = [s for c in configs for s in c.train.seeds]
+    agents = [c.agent for c in configs for _ in c.train.seeds]
     streams = SeedStreams.of(seeds)
-    ac = config.agent
-    return RunParts(
-        market=market,
-        env=make_env(market, config.env, len(seeds), seeds=streams.env),
-        learner=make_learner(config, market, streams),
-        buffer=ReplayBuffer(len(seeds), ac.buffer_size, list(streams.buffer)),
-        nstep=NStepAccumulator(len(seeds), ac.n_step, ac.gamma),
-        streams=streams,
-    )
+    env = make_env(market, first.env, len(seeds), seeds=streams.env)
+    learner = DQNLearner(agents[0] if len(configs) == 1 else agents, market, env.n_actions, seeds,
+                         list(streams.explore), resolve_device(first.train.device))
+    buffer = ReplayBuffer(len(seeds), first.agent.buffer_size, list(streams.buffer),
+                          gamma=[a.gamma for a in agents], n_step=[a.n_step for a in agents],
+                          reward_scale=[a.reward_scale for a in agents], pos_values=env.pos_values)
+    return RunParts(market=market, env=env, learner=learner, buffer=buffer, streams=streams)

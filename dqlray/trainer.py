@@ -1,9 +1,10 @@
-"""The training loop: a plain function, used as is by ``train_single.py`` and by the Ray Tune trainable.
+"""Training one configuration: a plain function, used as is by ``train_single.py``, with its checkpoints.
 
 K seeds train in lockstep: seed k has its own environment stream, replay buffer sampling, exploration and network
 initialisation, all derived from seed k alone, so the K-seed run equals K one-seed runs. Only the training part of
 the data is traded; the greedy policies are scored on the validation part every ``eval_every`` episodes; the test
-part is never touched here.
+part is never touched here. The episode loop itself is :class:`dqlray.pack.PackRun` (a pack of one), the loop the
+sweep's packed trials run too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +22,22 @@ import torch
 
 from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV
-from dqlray.dqn import DQNLearner, GreedyPolicy
-from dqlray.errors import DqlrayError
-from dqlray.evaluation import evaluate_policy
+from dqlray.dqn import DQNLearner, linear_epsilon
 from dqlray.market import Market
-from dqlray.parts import build_market, build_parts, make_learner
-from dqlray.replay import BYTES_PER_TRANSITION
+from dqlray.pack import (
+    MemberResult,
+    PackRun,
+    TrainingDiverged,
+    evaluate_validation,
+    steps_per_episode,
+    validation_summary,
+)
+from dqlray.parts import build_market, make_learner
+from dqlray.replay import BYTES_PER_TRANSITION, replay_nbytes
 from dqlray.runinfo import guarded_write
-from dqlray.vec_env import VecTradingEnv
+
+__all__ = ["TrainResult", "TrainingDiverged", "load_checkpoint", "list_checkpoints", "replay_bytes",
+           "checkpoint_bytes", "steps_per_episode", "train", "validation_metrics", "validation_summary"]
 
 ReportFn = Callable[[dict[str, Any], str | None], None]
 CHECKPOINT_FILE = "state.pt"
@@ -45,6 +53,9 @@ class TrainResult:
     config: ExperimentConfig
     last_checkpoint: str | None = None
     stopped_early: bool = False
+    member: MemberResult | None = None
+    """The configuration's record in the loop: its evaluations, last validation returns and, with
+    ``train.select``, the parameters chosen by validation."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -52,10 +63,19 @@ class TrainResult:
         """Metrics of the last episode."""
         return self.history[-1] if self.history else {}
 
+    def kept_learner(self) -> DQNLearner:
+        """The learner whose parameters the run keeps for its test evaluation (``train.select``): the trained one,
+        or a copy holding the parameters of the evaluation chosen by validation."""
+        if self.member is None or self.member.selected is None:
+            return self.learner
+        learner = make_learner(self.config, self.market)
+        learner.load_state_dict(self.member.selected["state"])
+        return learner
+
 
 def replay_bytes(config: ExperimentConfig) -> int:
-    """Memory of the replay buffer for ``config``: seeds x capacity x bytes per transition."""
-    return config.train.num_seeds * config.agent.buffer_size * BYTES_PER_TRANSITION
+    """Memory of the replay buffer for ``config`` (:func:`dqlray.replay.replay_nbytes`)."""
+    return replay_nbytes(config.train.num_seeds, config.agent.buffer_size, config.agent.n_step)
 
 
 def checkpoint_bytes(config: ExperimentConfig, market: Market) -> int:
@@ -66,13 +86,7 @@ def checkpoint_bytes(config: ExperimentConfig, market: Market) -> int:
     return _nbytes(learner.state_dict()) + config.train.num_seeds * held * BYTES_PER_TRANSITION
 
 
-def steps_per_episode(config: ExperimentConfig, market: Market) -> int:
-    """Env steps per seed that make one episode of the budget."""
-    a, b = market.part("train")
-    return config.env.episode_length or (b - a - 1)
-
-
-class _Checkpointer:
+class Checkpointer:
     """Atomic checkpoint directories (written to a temporary name, then renamed) with rotation.
 
     A checkpoint that cannot be written (disk full, quota, read-only, no permission) raises one
@@ -167,23 +181,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _epsilon(cfg: ExperimentConfig, step: int, total: int) -> float:
     a = cfg.agent
-    frac = min(step / max(a.eps_decay_fraction * total, 1.0), 1.0)
-    return a.eps_start + frac * (a.eps_end - a.eps_start)
-
-
-class TrainingDiverged(DqlrayError):
-    """The loss became non-finite: the run stops (its earlier checkpoints stay) instead of training on NaNs."""
-
-
-def _check_finite_loss(loss: np.ndarray, episode: int, config: ExperimentConfig) -> None:
-    bad = ~np.isfinite(loss)
-    if bad.any():
-        ac = config.agent
-        seeds = [s for s, b in zip(config.train.seeds, bad, strict=True) if b]
-        raise TrainingDiverged(
-            f"training diverged at episode {episode}: the loss is {loss[bad][0]} for seed(s) "
-            f"{', '.join(map(str, seeds))}; likely agent.learning_rate={ac.learning_rate:g} is too large (or "
-            f"agent.reward_scale={ac.reward_scale:g}, agent.max_grad_norm={ac.max_grad_norm})")
+    return linear_epsilon(step, total, a.eps_start, a.eps_end, a.eps_decay_fraction)
 
 
 def train(
@@ -205,139 +203,57 @@ def train(
     a checkpoint already loaded with :func:`load_checkpoint`) continues a run exactly where it stopped.
     ``should_stop()`` is polled after each episode (a checkpoint is written before stopping). A loss that becomes
     non-finite raises :class:`TrainingDiverged` naming the episode.
-    """
-    torch.set_num_threads(config.train.torch_threads)
-    tc, ac = config.train, config.agent
-    market = source if isinstance(source, Market) else build_market(config, source)
-    parts = build_parts(config, market)
-    venv, learner, buffer, nstep = parts.env, parts.learner, parts.buffer, parts.nstep
-    k = len(tc.seeds)
-    per_episode = steps_per_episode(config, market)
-    total_steps = tc.episodes * per_episode
-    ckpt = _Checkpointer(Path(checkpoint_dir), tc.keep_checkpoints) if checkpoint_dir is not None else None
 
-    history: list[dict[str, Any]] = []
-    env_steps = 0
-    start_episode = 0
-    episodes_done = 0
-    fill_until = ac.learning_starts  # no gradient step before this many env steps (per seed)
-    last_val: dict[str, float] = {}
-    obs = venv.reset()
+    The loop is :class:`~dqlray.pack.PackRun`'s with a pack of one configuration: a run alone and a configuration
+    inside a sweep's pack are trained by the same code.
+    """
+    tc = config.train
+    market = source if isinstance(source, Market) else build_market(config, source)
+    run = PackRun([config], market=market, on_diverged="raise")
+    member = run.results[0]
+    ckpt = Checkpointer(Path(checkpoint_dir), tc.keep_checkpoints) if checkpoint_dir is not None else None
     if resume_from is not None:
-        state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from)
-        learner.load_state_dict(state["learner"])
-        buffer.load_state_dict(state["buffer"])
-        nstep.load_state_dict(state["nstep"])
-        _load_env_state(venv, state["env"])
-        env_steps, start_episode, episodes_done = state["env_steps"], state["episode"], state["episodes_done"]
-        history = list(state["history"])
-        last_val = dict(state.get("last_val", {}))
-        obs = venv.observe()
-        if "arrays" not in state["buffer"]:  # resumed without its replay data: refill before learning again
-            fill_until = env_steps + ac.learning_starts
+        run.load_state_dict(resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from))
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
         from tqdm import tqdm
 
-        bar = tqdm(total=tc.episodes, initial=start_episode, desc=tc.experiment_name, unit="ep")
-    t_start = time.perf_counter()
+        bar = tqdm(total=tc.episodes, initial=run.episode, desc=tc.experiment_name, unit="ep")
     last_ckpt = None
     stopped = False
-    # A diverging network overflows in the greedy NumPy forward pass before its loss is checked at the end of the
-    # episode; the check reports it in one line, so the overflow warnings would only be noise.
-    with np.errstate(over="ignore", invalid="ignore"):
-        for episode in range(start_episode, tc.episodes):
-            t_ep = time.perf_counter()
-            ep_returns: list[float] = []
-            for _ in range(per_episode):
-                eps = _epsilon(config, env_steps, total_steps)
-                actions = learner.act(obs, eps)
-                t = venv.t.copy()
-                pos = venv.pos
-                step = venv.step(actions)
-                nstep.push(buffer, t, pos, actions, step.reward * ac.reward_scale, venv.pos_values[actions], step.terminated,
-                           step.truncated)
-                obs = step.obs
-                env_steps += 1
-                if (step.terminated | step.truncated).any():
-                    fin = step.episode_return[~np.isnan(step.episode_return)]
-                    ep_returns.extend(fin.tolist())
-                    episodes_done += len(fin)
-                if env_steps >= fill_until and env_steps % ac.train_freq == 0:
-                    for _g in range(ac.gradient_steps):
-                        learner.update(buffer.sample(ac.batch_size))
-            done_episodes = episode + 1
-            stats = learner.pop_stats()
-            if stats is not None:
-                _check_finite_loss(stats.loss, done_episodes, config)
-            metrics: dict[str, Any] = {
-                "episodes": done_episodes,
-                "env_steps": env_steps,
-                "episodes_completed": episodes_done / k,
-                "episode_return": float(np.mean(ep_returns)) if ep_returns else float("nan"),
-                "loss": float(stats.loss.mean()) if stats is not None else float("nan"),
-                "mean_q": float(stats.mean_q.mean()) if stats is not None else float("nan"),
-                "epsilon": _epsilon(config, env_steps, total_steps),
-                "updates": learner.updates,
-                "steps_per_s": per_episode * k / max(time.perf_counter() - t_ep, 1e-9),
-            }
-            if done_episodes % tc.eval_every == 0 or done_episodes == tc.episodes:
-                last_val = validation_metrics(learner, market, config)
-            metrics.update(last_val)
-            metrics["time_total_s"] = time.perf_counter() - t_start
-            history.append(metrics)
-            stop_now = should_stop is not None and should_stop()
-            path = None
-            if ckpt is not None and (done_episodes % tc.checkpoint_every == 0 or done_episodes == tc.episodes
-                                     or stop_now):
-                state = {"learner": learner.state_dict(), "buffer": buffer.state_dict(tc.checkpoint_buffer),
-                         "nstep": nstep.state_dict(), "env": _env_state(venv), "env_steps": env_steps,
-                         "episode": done_episodes, "episodes_done": episodes_done, "history": history,
-                         "last_val": last_val, "config": config.to_dict()}
-                path = last_ckpt = ckpt.save(done_episodes, state)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(ret=f"{metrics['episode_return']:.3f}", val_sharpe=f"{metrics.get('val_sharpe', 0):.2f}",
-                                eps=f"{metrics['epsilon']:.2f}")
-            if report is not None:
-                report(metrics, path)
-            if stop_now:
-                stopped = True
-                break
+    while run.active:
+        metrics = run.run_episode()[0]
+        done_episodes = metrics["episodes"]
+        stop_now = should_stop is not None and should_stop()
+        path = None
+        if ckpt is not None and (done_episodes % tc.checkpoint_every == 0 or done_episodes == tc.episodes
+                                 or stop_now):
+            path = last_ckpt = ckpt.save(done_episodes, run_checkpoint(run, config))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(ret=f"{metrics['episode_return']:.3f}", val_sharpe=f"{metrics.get('val_sharpe', 0):.2f}",
+                            eps=f"{metrics['epsilon']:.2f}")
+        if report is not None:
+            report(metrics, path)
+        if stop_now:
+            stopped = True
+            break
     if bar is not None:
         bar.close()
-    return TrainResult(history=history, learner=learner, market=market, config=config, last_checkpoint=last_ckpt,
-                       stopped_early=stopped, extra={"replay_bytes": buffer.nbytes})
+    return TrainResult(history=member.history, learner=run.learner, market=market, config=config,
+                       last_checkpoint=last_ckpt, stopped_early=stopped, member=member,
+                       extra={"replay_bytes": run.buffer.nbytes})
+
+
+def run_checkpoint(run: PackRun, config: ExperimentConfig) -> dict:
+    """A single run's checkpoint: its :class:`PackRun` state (the replay data if ``train.checkpoint_buffer``), its
+    history and its config. ``state["learner"]`` loads into :func:`dqlray.parts.make_learner`'s learner."""
+    return {**run.state_dict(config.train.checkpoint_buffer), "history": run.results[0].history,
+            "config": config.to_dict()}
 
 
 def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentConfig) -> dict[str, float]:
     """Greedy policy of every seed on the validation part: mean and spread of Sharpe and return over seeds."""
-    res = evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k, name="agent",
-                          periods=config.train.periods_per_year)
-    sharpes = np.array([m["sharpe"] for m in res.metrics])
-    rets = np.array([m["total_return"] for m in res.metrics])
-    return {
-        "val_sharpe": float(sharpes.mean()),
-        "val_sharpe_std": float(sharpes.std(ddof=1)) if len(sharpes) > 1 else 0.0,
-        "val_sharpe_min": float(sharpes.min()),
-        "val_return": float(rets.mean()),
-        "val_return_std": float(rets.std(ddof=1)) if len(rets) > 1 else 0.0,
-    }
-
-
-_ENV_FIELDS = ("t", "end", "pos", "value", "ep_return")
-
-
-def _env_state(venv: VecTradingEnv) -> dict:
-    out = {name: getattr(venv, name).copy() for name in _ENV_FIELDS}
-    out["rngs"] = [r.bit_generator.state for r in venv.rngs]
-    return out
-
-
-def _load_env_state(venv: VecTradingEnv, state: dict) -> None:
-    for name in _ENV_FIELDS:
-        setattr(venv, name, state[name].copy())
-    for r, s in zip(venv.rngs, state["rngs"], strict=True):
-        r.bit_generator.state = s
+    return validation_summary(evaluate_validation(learner, market, config).metrics)

@@ -86,6 +86,18 @@ class VecTradingEnv:
         self._reset_envs(np.arange(self.n_envs))
         return self.observe()
 
+    def keep_envs(self, rows: np.ndarray | list[int]) -> None:
+        """Keep only environments ``rows`` (in that order), each with its state and generator: a pack's members
+        that stop leave the batch (issue 14)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        for name in ("t", "end", "pos", "value", "ep_return"):
+            setattr(self, name, getattr(self, name)[rows])
+        self.rngs = [self.rngs[i] for i in rows]
+        self.n_envs = len(rows)
+        self._obs = np.empty((self.n_envs, self.market.obs_dim), dtype=np.float32)
+        self._no_returns = np.full(self.n_envs, np.nan)
+        self._no_returns.setflags(write=False)
+
     def observe(self) -> np.ndarray:
         """Current observations (a view of an internal buffer, overwritten by the next step)."""
         return self.market.observe(self.t, self.pos, out=self._obs)

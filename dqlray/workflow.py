@@ -93,9 +93,12 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def learner_from_checkpoint(config: ExperimentConfig, market: Market, checkpoint: str | Path) -> DQNLearner:
-    """Rebuild the trained networks of a run from one of its checkpoints."""
+    """Rebuild the networks a run keeps for its test evaluation from one of its checkpoints: the trained ones, or
+    with ``train.select`` those of the evaluation chosen by validation."""
+    state = load_checkpoint(checkpoint)
     learner = make_learner(config, market)
-    learner.load_state_dict(load_checkpoint(checkpoint)["learner"])
+    selected = (state.get("results") or [{}])[0].get("selected")
+    learner.load_state_dict(selected["state"] if selected else state["learner"])
     return learner
 
 
@@ -223,12 +226,16 @@ def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: 
     if result.stopped_early:
         out(f"Stopped at episode {result.final.get('episodes')}; resume with --resume")
         return RunOutcome(run_dir, result, None)
-    evaluation, curves = evaluate_all(result.learner, result.market, config, "test")
+    kept = result.kept_learner()  # the trained networks, or those chosen by validation (train.select)
+    evaluation, curves = evaluate_all(kept, result.market, config, "test")
     # a resumed run that had already finished writes no new checkpoint: its model is the newest one
     evaluation["model_path"] = result.last_checkpoint or str(list_checkpoints(ckpt_dir)[-1])
+    if result.member is not None and result.member.selected is not None:
+        evaluation["selected"] = {"by": tc.select, "episodes": result.member.selected["episodes"],
+                                  "among_evaluations": len(result.member.evaluations)}
     write_json(run_dir / "eval.json", evaluation)
     save_curves(run_dir, curves, "test")
-    _, val_curves = evaluate_all(result.learner, result.market, config, "val")
+    _, val_curves = evaluate_all(kept, result.market, config, "val")
     save_curves(run_dir, val_curves, "val")
     out("\nFinal Metrics (test split, costs {:.1f} bps, {} seeds)".format(evaluation["costs_bps"], len(tc.seeds)))
     out(format_metrics_table(evaluation))

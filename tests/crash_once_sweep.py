@@ -1,8 +1,8 @@
 """``tune_main.py`` with the real trainable wrapped to crash once, for tests/test_sweep.py.
 
-Usage: ``python tests/crash_once_sweep.py MARKER_DIR EPISODE [tune_main.py flags...]``. The first trial to report
-EPISODE raises right after reporting it (the marker file MARKER_DIR/failed records that it happened), so the test can
-prove that a crashed trial is retried from its last checkpoint. The production trainable carries no such hook.
+Usage: ``python tests/crash_once_sweep.py MARKER_DIR EPISODE [tune_main.py flags...]``. The first trial (a pack) to
+report EPISODE raises right after reporting it (the marker file MARKER_DIR/failed records that it happened), so the
+test can prove that a crashed pack is retried from its last checkpoint. The production trainable has no such hook.
 """
 
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 
 
 def crash_once(marker_dir: str, at: int):
-    from dqlray.tuning.trainable import dqn_trainable
+    from dqlray.tuning.trainable import pack_trainable
 
-    def trainable(params, *, data, base):
+    def trainable(config, *, data, base, settings):
         from ray import tune
 
         real = tune.report
@@ -31,7 +31,7 @@ def crash_once(marker_dir: str, at: int):
 
         tune.report = report
         try:
-            dqn_trainable(params, data=data, base=base)
+            pack_trainable(config, data=data, base=base, settings=settings)
         finally:
             tune.report = real
 

@@ -171,7 +171,8 @@ def test_sweep_stops_resumable_before_the_disk_is_full_and_refuses_to_start_on_o
     cfg.write_text(yaml.safe_dump(SWEEP))
     exp = fs / "s"
     base = [sys.executable, str(ROOT / "tune_main.py"), "--storage-path", str(fs), "--no-dashboard"]
-    cmd = [*base, "--config", str(cfg), "--experiment-name", "s", "--max-concurrent", "1"]
+    # one configuration per trial (--pack 1): the disk fills between two trials
+    cmd = [*base, "--config", str(cfg), "--pack", "1", "--experiment-name", "s", "--max-concurrent", "1"]
     reserve = sweep_reserve(cfg)
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

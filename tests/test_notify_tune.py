@@ -351,3 +351,42 @@ def test_tune_main_sends_start_dashboard_and_result_through_one_notifier(tg, tmp
     assert "Deflated Sharpe ratio" in tg.messages[2]["plain"] and "buy&hold" in tg.messages[2]["plain"]
     assert 400 not in tg.statuses() and "dqlray notify:" not in proc.stderr  # all delivered, nothing spooled
     assert tg.token not in proc.stdout + proc.stderr
+
+
+def test_packed_trials_count_as_their_configurations(tg, tmp_path):
+    """Issue 14: a trial trains a pack; the dashboard counts, ranks and reports errors per configuration."""
+    cb = TelegramTuneCallback(notifier=notifier_for(tg, tmp_path), experiment=EXPERIMENT, max_t=4,
+                              edit_interval_s=0.0, error_digest_s=0.0, num_samples=6)
+    packs = [FakeTrial(f"p{j}", {"pack": [{"id": f"c{3 * j + i:04d}", "params": {"lr": 10 ** -(2 + i)}}
+                                          for i in range(3)]}) for j in range(2)]
+    cb.setup(total_num_samples=6)
+    for p in packs:
+        cb.on_trial_start(iteration=0, trials=packs, trial=p)
+    assert cb.counts() == {"running": 6, "finished": 0, "stopped": 0, "errored": 0, "pending": 0}
+
+    def result(p, episode, statuses):
+        pairs = enumerate(zip(p.config["pack"], statuses, strict=True))
+        members = {m["id"]: {"episodes": episode, "status": st, "val_sharpe": 0.1 * k + episode / 5,
+                             "val_sharpe_std": 0.01} for k, (m, st) in pairs if st is not None}
+        # flattened, as Tune hands results to searchers (callbacks get them nested; both are read)
+        res = {"episodes": episode, "members": members} if episode % 2 else {
+            f"members/{cid}/{k}": v for cid, m in members.items() for k, v in m.items()}
+        p.last_result = res
+        cb.on_trial_result(iteration=0, trials=packs, trial=p, result=res)
+
+    result(packs[0], 1, ["active", "stopped", "diverged"])
+    result(packs[1], 1, ["active", "active", "active"])
+    result(packs[0], 2, ["active", None, None])
+    result(packs[0], 4, ["finished", None, None])
+    cb.on_trial_complete(iteration=0, trials=packs, trial=packs[0])
+    result(packs[1], 2, ["stopped", "active", "active"])
+    packs[1].error_msg = "RuntimeError: worker died"
+    cb.on_trial_error(iteration=0, trials=packs, trial=packs[1])  # c0003 had left its pack: it keeps its status
+    cb.on_experiment_end(trials=packs)
+    assert cb.counts() == {"running": 0, "finished": 1, "stopped": 2, "errored": 3, "pending": 0}
+    final = next(m for m in tg.messages if m["plain"].startswith("📊"))["plain"]
+    assert "✓ finished 1 · ✂ stopped by ASHA 2 · ✗ errored 3 · … pending 0" in final
+    assert "c0000" in final.split("Top")[1].splitlines()[2]  # the best configuration first (0.8 after 4 episodes)
+    digest = next(m for m in tg.messages if "errored ·" in m["plain"].split("\n")[0])["plain"]
+    assert digest.startswith("❌ 2 trials errored") and "c0004" in digest and "c0005" in digest
+    assert "c0003" not in digest and "worker died" in digest

@@ -380,10 +380,10 @@ def test_sweep_report(folders, sweep_report):
     assert {"rungs", "params", "importance", "equity_test", "drawdown_test"} <= set(sweep_report.images)
     summary = json.loads((exp / "summary.json").read_text())
     check_metrics_table(page, "metrics_test", summary["test"])
-    # every cell of the trials table equals trials.csv
+    # every cell of the configurations table equals trials.csv (one row per configuration)
     rows = list(csv.DictReader((exp / "trials.csv").open()))
     cells = page.table("trials")
-    # every column, except the node on a single-node cluster and the error flag when no trial failed
+    # every column, except the node on a single-node cluster and the error flag when no configuration failed
     assert page.headers["trials"] == [k for k in rows[0] if k not in ("node_ip", "error")]
     assert all(r["error"] == "False" for r in rows) and len({r["node_ip"] for r in rows}) == 1
     assert len(page.rows["trials"]) == len(rows) == SWEEP["sweep"]["num_samples"]
@@ -391,7 +391,7 @@ def test_sweep_report(folders, sweep_report):
         for k, v in r.items():
             if k in ("node_ip", "error"):
                 continue
-            got = cells[(r["trial_id"], k)]["data-value"]
+            got = cells[(r["config_id"], k)]["data-value"]
             try:
                 assert float(got) == float(v), (k, got, v)
             except ValueError:
@@ -412,7 +412,7 @@ def test_sweep_report(folders, sweep_report):
     for _, r in imp.iterrows():
         assert float(icells[(r["param"], "importance")]["data-value"]) == pytest.approx(r["importance"], rel=1e-12)
     curves = pd.read_csv(sweep_report.tables["curves"])
-    assert set(curves["trial_id"].astype(str)) == {r["trial_id"] for r in rows}
+    assert set(curves["config_id"].astype(str)) == {r["config_id"] for r in rows}
 
 
 def test_comparison_report(folders, tmp_path):
@@ -558,6 +558,6 @@ def test_trials_table_sorts_in_the_browser(sweep_report, tmp_path):
     assert console_messages(p.stderr) == [], p.stderr[-2000:]
     m = re.search(r'<body data-order="([^"]*)" data-sort="([^"]*)"', p.stdout)
     assert m, p.stdout[:500]
-    trials = pd.read_csv(sweep_report.html.parents[1] / "trials.csv", dtype={"trial_id": str})
-    expected = trials.sort_values("val_sharpe", ascending=False, na_position="last")["trial_id"].tolist()
+    trials = pd.read_csv(sweep_report.html.parents[1] / "trials.csv", dtype={"config_id": str})
+    expected = trials.sort_values("val_sharpe", ascending=False, na_position="last")["config_id"].tolist()
     assert m.group(1).split(",") == expected and m.group(2) == "descending"

@@ -9,6 +9,7 @@ tests/slurm_driver_stub.py (DQLRAY_DRIVER), whose trials are seconds long and lo
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -142,17 +143,18 @@ def test_gpu_count_from_slurm_variables(env, gpus):
 # ------------------------------------------------------------------ on the local SLURM
 @SLURM
 def test_sweep_runs_on_both_nodes_and_leaves_nothing(slurm, tmp_path):
-    """The real driver, tune_main.py, with a small sweep on the bundled data.
+    """The real driver, tune_main.py, with a small packed sweep on the bundled data (issue 14).
 
-    Two trials, one per node. tune_main.py reuses actors, so a trial must outlast the skew
-    between the two nodes' first actor start-ups (about 5 s here) or the faster node's actor
-    takes every trial: 60 episodes (about 12 s) for the trial that ASHA cannot stop, the first.
+    Four configurations in two packs of two, one pack per node. tune_main.py reuses actors, so a
+    pack must outlast the skew between the two nodes' first actor start-ups (about 5 s here) or the
+    faster node's actor takes every pack: 60 episodes (about 12 s) for the configurations that ASHA
+    cannot stop, the first ones at each rung.
     """
     storage = tmp_path / "results"
     job = slurm.sbatch(
         *SMALL_JOB, f"--output={tmp_path}/%j.out", str(HEAD),
         "--storage-path", str(storage), "--experiment-name", "e2e",
-        "--num-samples", "2", "--episodes", "60", "--num-seeds", "1",
+        "--num-samples", "4", "--pack", "2", "--episodes", "60", "--num-seeds", "1",
     )
     # While trials run: every port the job's Ray listens on is in its per-node block.
     deadline = time.monotonic() + 180
@@ -182,6 +184,10 @@ def test_sweep_runs_on_both_nodes_and_leaves_nothing(slurm, tmp_path):
     results = _trial_results(storage / "e2e")
     assert len(results) == 2, sorted(results)
     assert {rows[-1]["node_ip"] for rows in results.values()} == set(NODE_ADDR.values())
+    assert all(rows[0]["configs"] == 2 for rows in results.values())  # each trial trained a pack of two
+    configs = list(csv.DictReader((storage / "e2e" / "trials.csv").open()))
+    assert len(configs) == 4 and len({r["pack_id"] for r in configs}) == 2
+    assert {r["node_ip"] for r in configs} == set(NODE_ADDR.values())  # each configuration's record says where
     assert (storage / "e2e" / "summary.json").exists()
     _assert_clean(job, log)
 

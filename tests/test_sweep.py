@@ -1,17 +1,22 @@
-"""A real local Ray Tune sweep: ASHA stops trials, a crashed trial resumes from its checkpoint, a killed driver
-resumes without re-running finished trials, and the result files hold sane values."""
+"""A real local Ray Tune sweep of packed trials (issue 14): ASHA stops configurations inside their packs, Optuna is
+told each configuration's own result, a crashed pack resumes from its checkpoint, a killed or signalled driver
+resumes without re-running finished configurations, a packed configuration equals its run alone, and the result
+files hold one sane row per configuration."""
 
 import csv
 import glob
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +33,11 @@ SWEEP = {
 }
 
 
-def write_sweep(tmp_path, train=None, **sweep):
+def write_sweep(tmp_path, train=None, space=None, **sweep):
     cfg = json.loads(json.dumps(SWEEP))
     cfg["sweep"].update(sweep)
     cfg["train"].update(train or {})
+    cfg["search"].update(space or {})
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -60,38 +66,99 @@ def trial_statuses(exp: Path) -> dict[str, str]:
     return {json.loads(t[0])["trial_id"]: json.loads(t[0])["status"] for t in state["trial_data"]}
 
 
+def records(exp: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in exp.glob("configs/*/member.json")}
+
+
+def record_times(exp: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in exp.glob("configs/*/member.json")}
+
+
+def finished_pack_configs(exp: Path) -> set[str]:
+    """Configurations of the packs the saved experiment state records as TERMINATED: never trained again. (One that
+    left a running pack after the pack's last saved checkpoint is trained again, to the same result.)"""
+    done = {t for t, st in trial_statuses(exp).items() if st == "TERMINATED"}
+    return {r["config_id"] for r in records(exp).values() if r["pack_id"] in done}
+
+
+def same_result(a: dict, b: dict) -> bool:
+    keys = ("outcome", "episodes", "val_sharpe", "val_return", "evaluations", "params")
+    return all(a[k] == b[k] for k in keys)
+
+
 @pytest.mark.slow
-def test_sweep_asha_retry_and_results(tmp_path):
-    cfg = write_sweep(tmp_path)
+def test_packed_sweep_asha_optuna_retry_and_results(tmp_path):
+    cfg = write_sweep(tmp_path, search="optuna", pack=4, tell_stopped="pruned", rung_window=2)
     marker = tmp_path / "fail"
     marker.mkdir()
     cmd = tune_cmd(cfg, tmp_path, "asha")
     cmd[1:2] = [str(ROOT / "tests" / "crash_once_sweep.py"), str(marker), "3"]  # the real trainable, wrapped
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (marker / "failed").exists()  # the injected crash happened
     exp = tmp_path / "store" / "asha"
     rows = list(csv.DictReader((exp / "trials.csv").open()))
+    # one row per configuration, trained in two packs of four
     assert len(rows) == 8 and all(r["status"] == "TERMINATED" for r in rows)
+    assert sorted(r["config_id"] for r in rows) == [f"c{i:04d}" for i in range(8)]
+    packs = {}
+    for r in rows:
+        packs.setdefault(r["pack_id"], []).append(r["config_id"])
+    assert sorted(map(len, packs.values())) == [4, 4]
+    # ASHA stopped configurations inside their packs, at its rungs (1, 2, 4 episodes)
     stopped = [r for r in rows if r["stopped_by_asha"] == "True"]
-    assert stopped and all(int(r["episodes"]) < 6 for r in stopped)
-    assert any(int(r["episodes"]) == 6 for r in rows)
-    # the crashed trial was retried from its episode-2 checkpoint: episode 3 reported twice, episode 1 once
-    seqs = {k: [r["episodes"] for r in v] for k, v in results_by_trial(exp).items()}
-    retried = [s for s in seqs.values() if s.count(3) == 2]
+    assert stopped and all(int(r["episodes"]) in (1, 2, 4) for r in stopped)
+    full = [r for r in rows if r["full_budget"] == "True"]
+    assert full and all(int(r["episodes"]) == 6 for r in full) and len(full) + len(stopped) == 8
+    table = json.loads((exp / "rungs.json").read_text())["rungs"]
+    for r in stopped:  # stopped where the table says, below a value recorded at that rung before
+        rung = table[r["episodes"]]
+        assert rung["decisions"][r["config_id"]] is True
+        assert rung["recorded"][r["config_id"]] < max(rung["recorded"].values())
+        assert all(r["config_id"] not in table[m]["recorded"] for m in table if int(m) > int(r["episodes"]))
+    # ... and the pack's compute shrank: fewer configurations stepped in its later episodes
+    results = results_by_trial(exp)
+    shrinking = [[x["configs_active"] for x in v] for v in results.values()]
+    assert any(s[-1] < s[0] for s in shrinking) and all(s == sorted(s, reverse=True) for s in shrinking)
+    # the crashed pack was retried from its episode-2 checkpoint: episode 3 reported twice, episode 1 once
+    seqs = [[x["episodes"] for x in v] for v in results.values()]
+    retried = [s for s in seqs if s.count(3) == 2]
     assert len(retried) == 1 and retried[0].count(1) == 1 and retried[0][:4] == [1, 2, 3, 3]
+    # Optuna was told each configuration's own result: complete at full budget, pruned when ASHA stopped it, with
+    # its rung values (mean of its last 2 validation values) as intermediate values
+    recs = records(exp)
+    (state_file,) = exp.glob("searcher-state-*.pkl")
+    searcher = pickle.loads(state_file.read_bytes())
+    study = searcher["study"]
+    assert len(study.trials) == 8
+    for cid, rec in recs.items():
+        trial = study.trials[searcher["configs"][cid]["trial"].number]
+        assert trial.params == rec["params"]
+        evals = rec["evaluations"]
+        want = {e: float(np.mean(evals[max(0, e - 2):e])) for e in range(1, rec["episodes"] + 1)}
+        assert trial.intermediate_values == pytest.approx(want)
+        if rec["outcome"] == "finished":
+            assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(rec["val_sharpe"])
+        else:
+            assert rec["outcome"] == "stopped" and trial.state.name == "PRUNED"
     summary = json.loads((exp / "summary.json").read_text())
-    assert summary["n_trials"] == 8 and summary["n_stopped_by_asha"] == len(stopped)
+    assert summary["n_trials"] == 8 and summary["n_packs"] == 2 and summary["n_stopped_by_asha"] == len(stopped)
+    assert summary["best_trial"] in {r["config_id"] for r in full}
     assert 0.0 <= summary["deflated_sharpe"]["dsr"] <= 1.0 and summary["deflated_sharpe"]["n_trials"] == 8
     assert summary["test"]["part"] == "test" and "buy_and_hold" in summary["test"]["baselines"]
     assert "linear_probe" in summary["test"]["baselines"]
+    assert "Deflated Sharpe Ratio" in proc.stdout
+    # each configuration keeps its validation returns, one column per seed, over the validation bars
+    val = np.load(exp / "configs" / summary["best_trial"] / "val_returns.npy")
+    assert val.shape[1] == 1 and val.shape[0] > 100 and np.isfinite(val).all()
+    # the best config retrains with the single-run command
     best = yaml.safe_load((exp / "best_config.yaml").read_text())
     assert best["agent"]["learning_rate"] == pytest.approx(summary["best_params"]["agent.learning_rate"])
-    assert "Deflated Sharpe Ratio" in proc.stdout
-    # the best config is accepted by the single-run command
-    check = subprocess.run([sys.executable, "-c", "from dqlray.config import load_config; import sys; "
-                            "load_config(sys.argv[1])", str(exp / "best_config.yaml")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
+    again = subprocess.run([sys.executable, str(ROOT / "train_single.py"), "--config", str(exp / "best_config.yaml"),
+                            "--results_dir", str(tmp_path / "retrain")], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert (tmp_path / "retrain" / best["train"]["experiment_name"] / "eval.json").exists()
     # consolidate gathers it
     cons = subprocess.run([sys.executable, "-m", "dqlray", "consolidate", "--results_dir", str(tmp_path / "store")],
                           capture_output=True, text=True, timeout=120)
@@ -99,17 +166,57 @@ def test_sweep_asha_retry_and_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    cfg = write_sweep(tmp_path, search="grid", max_concurrent=1)
+def test_a_packed_configuration_equals_its_run_alone(tmp_path):
+    from dqlray.config import build_config
+    from dqlray.data import load_ohlcv
+    from dqlray.trainer import train
+    from dqlray.tuning.space import trial_config
+
+    # widths and batch sizes differ inside the pack: padded and masked; each keeps its best validation checkpoint
+    cfg = write_sweep(tmp_path, train={"episodes": 3, "num_seeds": 2, "select": "best_val_sharpe"},
+                      scheduler="none", num_samples=3, pack=3, space={"agent.batch_size": {"choice": [8, 16]},
+                                                                     "agent.hidden": {"choice": [[8, 8], [16, 16]]}})
+    proc = subprocess.run(tune_cmd(cfg, tmp_path, "eq"), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "store" / "eq"
+    recs = records(exp)
+    assert len(recs) == 3 and len({r["pack_id"] for r in recs.values()}) == 1
+    base = build_config(json.loads((exp / "sweep_meta.json").read_text())["base_config"])
+    data = load_ohlcv(base.data.data_file)
+    for cid, rec in recs.items():
+        alone = train(trial_config(base, rec["params"]), data, progress=False)
+        state = torch.load(exp / "configs" / cid / "checkpoint" / "state.pt", weights_only=False)
+        for key, mine in (("online", alone.learner.net.flat), ("target", alone.learner.target_flat)):
+            assert torch.allclose(state["learner"][key], mine, rtol=1e-4, atol=1e-6), (cid, key)
+        assert rec["episodes"] == 3 and rec["outcome"] == "finished"
+        # ranked by the evaluation its checkpoint was chosen at (train.select), the same one as alone
+        assert rec["selected_episode"] == alone.member.selected["episodes"]
+        assert rec["val_sharpe"] == pytest.approx(alone.member.selected["val"]["val_sharpe"], rel=1e-4, abs=1e-6)
+        assert rec["evaluations"] == pytest.approx([e["val_sharpe"] for e in alone.member.evaluations], rel=1e-4,
+                                                   abs=1e-6)
+        chosen = torch.load(exp / "configs" / cid / "selected" / "state.pt", weights_only=False)
+        assert torch.allclose(chosen["learner"]["online"], alone.kept_learner().net.flat, rtol=1e-4, atol=1e-6)
+        assert np.load(exp / "configs" / cid / "val_returns.npy").shape[1] == 2  # (bars, seeds)
+        assert (exp / "configs" / cid / "val_returns_last.npy").exists()
+    # the deflated Sharpe counts every evaluation the selection chose among, and the winner's chosen checkpoint
+    # was the one evaluated on test
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["n_candidates"] == 9 and summary["deflated_sharpe"]["n_trials"] == 9
+    assert summary["selected_episode"] == recs[summary["best_trial"]]["selected_episode"]
+    assert "best of 9 checkpoints (3 configurations" in proc.stdout
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_finished_configurations(tmp_path):
+    cfg = write_sweep(tmp_path, search="grid", max_concurrent=1, pack=2)
     exp = tmp_path / "store" / "grid"
     p = subprocess.Popen(tune_cmd(cfg, tmp_path, "grid"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          cwd=tmp_path, start_new_session=True)
     deadline = time.time() + 300
-    finished = {}
+    finished = set()
     while time.time() < deadline and p.poll() is None:
-        st = trial_statuses(exp)
-        finished = {k for k, v in st.items() if v == "TERMINATED"}
-        if len(finished) >= 2:
+        finished = {k for k, v in trial_statuses(exp).items() if v == "TERMINATED"}
+        if finished:
             break
         time.sleep(0.2)
     assert p.poll() is None, "the sweep ended before it could be killed"
@@ -117,13 +224,23 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     p.wait()
     before = {k: len(v) for k, v in results_by_trial(exp).items()}
     done_before = {f"trial_{t}" for t in finished}
-    assert done_before
-    proc = subprocess.run(tune_cmd(cfg, tmp_path, "grid", "--resume"), capture_output=True, text=True, timeout=400,
+    times_before, recs_before, kept = record_times(exp), records(exp), finished_pack_configs(exp)
+    rungs_before = json.loads((exp / "rungs.json").read_text())["rungs"]
+    assert done_before and len(kept) >= 2
+    proc = subprocess.run(tune_cmd(cfg, tmp_path, "grid", "--resume"), capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     after = results_by_trial(exp)
-    for t in done_before:  # no finished trial ran again
+    for t in done_before:  # no finished pack ran again
         assert len(after[t]) == before[t], t
+    times_after, recs_after = record_times(exp), records(exp)
+    for cid in kept:  # no configuration of a finished pack was trained and written again
+        assert times_after[cid] == times_before[cid], cid
+    for cid, rec in recs_before.items():  # and any that was, came out the same
+        assert same_result(rec, recs_after[cid]), cid
+    rungs_after = json.loads((exp / "rungs.json").read_text())["rungs"]
+    for m, rung in rungs_before.items():  # the rung table survived the kill
+        assert rung["recorded"].items() <= rungs_after[m]["recorded"].items()
     rows = list(csv.DictReader((exp / "trials.csv").open()))
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)
     assert (exp / "summary.json").exists()
@@ -137,21 +254,26 @@ def test_bad_sweep_file_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"tune_main.py: error: {cfg}: search key 'agent.gama' is not a config field "
                                    "(use section.field, e.g. agent.learning_rate)")
+    bad = subprocess.run(tune_cmd(write_sweep(tmp_path), tmp_path, "bad", "--pack", "0"), capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "tune_main.py: error: argument --pack: --pack '0': auto or an integer >= 1"
 
 
 @pytest.mark.slow
 def test_sigusr1_saves_state_exits_75_and_resumes_with_its_own_settings(tmp_path):
-    # The settings come from flags, not the file (which says 6 episodes, random search, 8 samples): a plain
-    # `--resume --experiment-name` must bring them all back (issue 13, item 1).
+    # The settings come from flags, not the file (which says 6 episodes, random search, 8 samples, pack auto): a
+    # plain `--resume --experiment-name` must bring them all back (issue 13, item 1), and a packed sweep resumes
+    # without training its finished configurations again (issue 14).
     cfg = write_sweep(tmp_path)
     exp = tmp_path / "store" / "usr1"
-    flags = ["--episodes", "30", "--search", "grid", "--max-concurrent", "1"]
+    flags = ["--episodes", "80", "--search", "grid", "--max-concurrent", "1", "--pack", "2"]
     p = subprocess.Popen(tune_cmd(cfg, tmp_path, "usr1", *flags), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, cwd=tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
-        if any(len(r) >= 2 for r in results_by_trial(exp).values()):  # the first trial is under way
-            break
+        if len(records(exp)) >= 2:
+            break  # the first pack is done, the second starting
         time.sleep(0.1)
     p.send_signal(signal.SIGUSR1)
     out, _ = p.communicate(timeout=120)
@@ -159,21 +281,30 @@ def test_sigusr1_saves_state_exits_75_and_resumes_with_its_own_settings(tmp_path
     assert "Resume with: python tune_main.py --resume --experiment-name usr1" in out
     assert not (exp / "summary.json").exists()
     meta_before = json.loads((exp / "sweep_meta.json").read_text())
+    times_before, recs_before, kept = record_times(exp), records(exp), finished_pack_configs(exp)
+    assert len(kept) >= 2
     bare = [sys.executable, str(ROOT / "tune_main.py"), "--resume", "--experiment-name", "usr1",
             "--storage-path", str(tmp_path / "store"), "--no-dashboard"]
     # a flag that contradicts the stored setting is refused, naming both values, and changes nothing
-    bad = subprocess.run([*bare, "--episodes", "6"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert bad.returncode == 2, bad.stdout[-2000:] + bad.stderr[-2000:]
-    assert bad.stderr.count("\n") == 1 and "train.episodes=6" in bad.stderr and "30" in bad.stderr, bad.stderr
+    for flag, value, shown in (("--episodes", "6", "train.episodes=6"), ("--pack", "1", "sweep.pack=1")):
+        bad = subprocess.run([*bare, flag, value], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert bad.returncode == 2, bad.stdout[-2000:] + bad.stderr[-2000:]
+        assert bad.stderr.count("\n") == 1 and shown in bad.stderr, bad.stderr
     assert json.loads((exp / "sweep_meta.json").read_text()) == meta_before
     # the same value again is fine; so is a new placement setting
-    proc = subprocess.run([*bare, "--episodes", "30", "--max-concurrent", "2"], capture_output=True, text=True,
-                          timeout=400, cwd=tmp_path)
+    proc = subprocess.run([*bare, "--episodes", "80", "--max-concurrent", "2"], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (exp / "summary.json").exists()
     rows = list(csv.DictReader((exp / "trials.csv").open()))
     assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows)  # the 2 x 2 grid, not 8 samples
-    assert max(int(r["episodes"]) for r in rows) == 30
+    assert len({r["pack_id"] for r in rows}) == 2  # --pack 2 came back: two packs of two
+    assert max(int(r["episodes"]) for r in rows) == 80
+    times_after, recs_after = record_times(exp), records(exp)
+    for cid in kept:  # in a pack finished before the signal: not trained again
+        assert times_after[cid] == times_before[cid], cid
+    for cid, rec in recs_before.items():
+        assert same_result(rec, recs_after[cid]), cid
     meta = json.loads((exp / "sweep_meta.json").read_text())
     assert meta["base_config"] == meta_before["base_config"] and meta["sweep"]["search"] == "grid"
-    assert meta["resumed"][-1]["max_concurrent"] == 2
+    assert meta["sweep"]["pack"] == 2 and meta["resumed"][-1]["max_concurrent"] == 2

@@ -9,7 +9,7 @@ from dqlray.data import synth_market
 from dqlray.errors import ConfigError
 from dqlray.market import Market
 from dqlray.networks import BatchedMLP
-from dqlray.replay import NStepAccumulator, ReplayBuffer
+from dqlray.replay import BYTES_PER_TRANSITION, ReplayBuffer
 from dqlray.trainer import list_checkpoints, train
 
 DATA = synth_market(700, seed=3, ar=0.2)
@@ -72,29 +72,39 @@ def test_checkpoint_rotation(tmp_path):
 
 
 def test_buffer_wraps_around():
-    buf = ReplayBuffer(2, 5, [0, 1])
+    buf = ReplayBuffer(2, 5, [0, 1], gamma=0.9, pos_values=[0.0, 1.0])
+    no = np.zeros(2, bool)
     for i in range(12):
-        buf.add_all(np.array([i, 100 + i]), np.zeros(2), np.zeros(2, int), np.full(2, float(i)), np.array([i + 1] * 2),
-                    np.zeros(2), np.ones(2))
-    assert buf.size.tolist() == [5, 5] and buf.ptr.tolist() == [2, 2]
+        buf.add(np.array([i, 100 + i]), np.zeros(2), np.ones(2, int), np.full(2, float(i)), no, no)
+    assert buf.size.tolist() == [5, 5] and buf.nbytes == 2 * 5 * BYTES_PER_TRANSITION
     assert sorted(buf.arrays["t"][0].tolist()) == [7, 8, 9, 10, 11]
     batch = buf.sample(64)
     assert set(batch.t[0].tolist()) <= {7, 8, 9, 10, 11} and set(batch.t[1].tolist()) <= {107, 108, 109, 110, 111}
     assert np.array_equal(batch.ret[0], batch.t[0].astype(np.float32))
+    assert np.array_equal(batch.next_t, batch.t + 1) and (batch.next_pos == 1.0).all()
+    assert np.allclose(batch.discount, 0.9)
+
+
+def sampleable(buf, row=0, draws=4000):
+    """Every transition member ``row`` can sample: {t: (ret, next_t, discount)}."""
+    b = buf.sample(draws)
+    return {int(t): (float(r), int(nt), float(d)) for t, r, nt, d in
+            zip(b.t[row], b.ret[row], b.next_t[row], b.discount[row], strict=True)}
 
 
 def test_n_step_returns():
-    buf = ReplayBuffer(1, 10, [0])
-    acc = NStepAccumulator(1, 3, 0.5)
+    buf = ReplayBuffer(1, 10, [0], gamma=0.5, n_step=3, pos_values=[0.0, 1.0])
     z = np.zeros(1)
     for i, (r, term, trunc) in enumerate([(1.0, False, False), (2.0, False, False), (4.0, False, False),
                                           (8.0, True, False)]):
-        acc.push(buf, np.array([10 + i]), z, np.zeros(1, int), np.array([r]), z, np.array([term]), np.array([trunc]))
-    a = buf.arrays
+        buf.add(np.array([10 + i]), z, np.zeros(1, int), np.array([r]), np.array([term]), np.array([trunc]))
+        if i == 2:  # steps 11 and 12 still wait for later rewards: only step 10 can be sampled
+            assert buf.size[0] == 1 and set(sampleable(buf)) == {10}
     assert buf.size[0] == 4
-    assert a["ret"][0, :4].tolist() == [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4 + 0.25 * 8, 4 + 0.5 * 8, 8]
-    assert a["next_t"][0, :4].tolist() == [13, 14, 14, 14]
-    assert a["discount"][0, :4].tolist() == [0.125, 0.0, 0.0, 0.0]  # terminated: no bootstrap after ruin
+    got = sampleable(buf)
+    assert [got[t][0] for t in range(10, 14)] == [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4 + 0.25 * 8, 4 + 0.5 * 8, 8]
+    assert [got[t][1] for t in range(10, 14)] == [13, 14, 14, 14]
+    assert [got[t][2] for t in range(10, 14)] == [0.125, 0.0, 0.0, 0.0]  # terminated: no bootstrap after ruin
 
 
 def test_target_sync_schedule():

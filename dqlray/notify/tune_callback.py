@@ -1,4 +1,4 @@
-"""A Ray Tune callback that keeps one live Telegram dashboard for a sweep.
+"""A Ray Tune callback that keeps one live Telegram dashboard for a sweep, counting configurations.
 
 Tune calls callbacks inside the driver's event loop, so a blocking send would stall every trial (ray#35721): every
 hook only updates counters and enqueues on the process's notifier, and never raises. Tune pickles callbacks
@@ -7,6 +7,8 @@ pickled; a restored callback uses the process's notifier (:func:`~dqlray.notify.
 sweep driver with its credentials), and the saved state makes the resumed sweep edit the same dashboard and resend
 nothing. Messages: 🚀 start, 📊 one dashboard edited at most every ``edit_interval_s``, ❌ one digest per burst of
 errored trials, and a final dashboard edit. Progress is in episodes (what trials report and ASHA schedules on).
+A packed trial (issue 14) counts as its configurations: each one's status and metrics come from the pack's result
+(``members``), so the counts, the top list and the digests are per configuration.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dqlray.notify import messages
 from dqlray.notify.credentials import NotifyConfig
 from dqlray.notify.redact import LOGGER_NAME, never_raises, redact
 from dqlray.notify.sender import Notifier, get_notifier
+from dqlray.tuning.members import members_of
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -198,41 +201,70 @@ class TelegramTuneCallback(Callback):
 
     @never_raises
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Count the trial as running."""
-        info_ = self._trial(trial)
-        if info_["status"] != "errored":
-            info_["status"] = "running"
+        """Count the trial's configurations as running (those that have not already ended)."""
+        for key, config in _units(trial):
+            info_ = self._unit(key, config)
+            if info_["status"] in ("pending", "running"):
+                info_["status"] = "running"
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
-        """Record the trial's latest metrics; edit the dashboard if ``edit_interval_s`` has passed."""
-        self._record_result(self._trial(trial), result)["status"] = "running"
+        """Record the latest metrics of the trial's configurations; edit the dashboard if ``edit_interval_s`` has
+        passed."""
+        members = _members(result)
+        if members is None:
+            self._record_result(self._trial(trial), result)["status"] = "running"
+        else:
+            configs = dict(_units(trial))
+            for key, m in members.items():
+                info_ = self._record_result(self._unit(key, configs.get(key, {})), m)
+                info_["status"] = _MEMBER_STATUS.get(str(m.get("status")), "running")
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Count the trial as finished, or as stopped by ASHA when it ended below ``max_t`` episodes."""
-        info_ = self._record_result(self._trial(trial), getattr(trial, "last_result", None) or {})
-        episodes = info_.get("episodes")
-        info_["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t else "finished"
+        """Count the trial's configurations as finished, or as stopped by ASHA when they ended below ``max_t``
+        episodes (a pack's result says how each one ended)."""
+        last = getattr(trial, "last_result", None) or {}
+        members = _members(last)
+        if members is None:
+            info_ = self._record_result(self._trial(trial), last)
+            episodes = info_.get("episodes")
+            info_["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t else "finished"
+        else:
+            for key, config in _units(trial):
+                info_ = self._unit(key, config)
+                if key in members:
+                    self._record_result(info_, members[key])
+                    info_["status"] = _MEMBER_STATUS.get(str(members[key].get("status")), info_["status"])
+                if info_["status"] in ("pending", "running"):
+                    info_["status"] = "finished"
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Count the trial as errored and add it to the current burst (one ❌ digest per burst)."""
-        info_ = self._record_result(self._trial(trial), getattr(trial, "last_result", None) or {})
-        info_["status"] = "errored"
+        """Count the trial's unfinished configurations as errored and add them to the current burst (one ❌ digest
+        per burst)."""
+        last = getattr(trial, "last_result", None) or {}
+        members = _members(last) or {}
         text, secrets = _error_text(trial), self.notifier.secrets
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-        info_["error"] = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
-        tid = str(trial.trial_id)
-        if tid not in self._errors_reported and tid not in self._burst:
-            self._burst.append(tid)
-            info_["error_text"] = redact(text[-4000:], secrets)
-            if self._burst_started is None:
-                self._burst_started = self._clock()
+        error = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
+        for key, config in _units(trial):
+            info_ = self._unit(key, config)
+            if key in members:
+                self._record_result(info_, members[key])
+            if info_["status"] in ("finished", "stopped") and key != str(trial.trial_id):
+                continue  # it had left its pack before the pack failed
+            info_["status"] = "errored"
+            info_["error"] = error
+            if key not in self._errors_reported and key not in self._burst:
+                self._burst.append(key)
+                info_["error_text"] = redact(text[-4000:], secrets)
+                if self._burst_started is None:
+                    self._burst_started = self._clock()
         self._tick(dirty=True)
 
     @never_raises
@@ -257,12 +289,14 @@ class TelegramTuneCallback(Callback):
     # -------------------------------------------------------------------------------------------- internals ---
 
     def _trial(self, trial: Any) -> dict[str, Any]:
-        tid = str(trial.trial_id)
-        if tid not in self._trials:
-            config = dict(messages.summarize_config(getattr(trial, "config", None) or {}, max_items=8))
-            self._trials[tid] = {"status": "pending", "config": config, "metric": None, "std": None,
-                                 "val_return": None, "episodes": None}
-        return self._trials[tid]
+        return self._unit(str(trial.trial_id), getattr(trial, "config", None) or {})
+
+    def _unit(self, key: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The entry of one configuration (a trial's, or one member of a packed trial's)."""
+        if key not in self._trials:
+            self._trials[key] = {"status": "pending", "config": dict(messages.summarize_config(config, max_items=8)),
+                                 "metric": None, "std": None, "val_return": None, "episodes": None}
+        return self._trials[key]
 
     def _record_result(self, info: dict[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
         for key, name in ((self.metric, "metric"), (f"{self.metric}_std", "std"), ("val_return", "val_return")):
@@ -326,6 +360,24 @@ class TelegramTuneCallback(Callback):
         self.notifier.notify(messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tails[0],
                                                    secrets=self.notifier.secrets), critical=True)
         self._errors_reported.extend(burst)
+
+
+_MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
+"""A packed trial's configuration status (:mod:`dqlray.pack`) as the dashboard counts it."""
+
+
+def _units(trial: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """What the dashboard counts in a trial: each configuration of a pack (issue 14), else the trial itself."""
+    config = getattr(trial, "config", None) or {}
+    pack = config.get("pack") if isinstance(config, Mapping) else None
+    if isinstance(pack, list):
+        return [(str(m["id"]), m.get("params") or {}) for m in pack]
+    return [(str(trial.trial_id), config)]
+
+
+def _members(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A packed trial's result per configuration, else None."""
+    return members_of(dict(result)) or None
 
 
 def _cluster_resources() -> dict[str, Any] | None:

@@ -109,13 +109,14 @@ def load_run(path: str | Path) -> RunFolder:
 
 @dataclass
 class SweepFolder:
-    """A sweep: the trials table, the summary with the winner's one test evaluation, and each trial's curve."""
+    """A sweep: the configurations table, the summary with the winner's one test evaluation, and each
+    configuration's curve."""
 
     path: Path
     trials: pd.DataFrame
     summary: dict[str, Any] | None
     meta: dict[str, Any]  # sweep_meta.json: space, sweep settings, base config
-    curves: dict[str, pd.DataFrame]  # trial id -> one row per reported episode (last report wins)
+    curves: dict[str, pd.DataFrame]  # configuration id -> one row per episode
     equity: pd.DataFrame | None
     positions: pd.DataFrame | None
 
@@ -140,7 +141,7 @@ class SweepFolder:
 
     @property
     def max_t(self) -> int | None:
-        """The full budget of a trial in episodes (ASHA's ``max_t``)."""
+        """The full budget of a configuration in episodes (ASHA's ``max_t``)."""
         v = self.meta.get("base_config", {}).get("train", {}).get("episodes")
         if v is None and "episodes" in self.trials:
             v = self.trials["episodes"].max()
@@ -148,13 +149,25 @@ class SweepFolder:
 
 
 def load_sweep(path: str | Path) -> SweepFolder:
-    """Read a sweep's experiment folder (``trials.csv`` is written when the sweep completes)."""
+    """Read a sweep's experiment folder (``trials.csv`` is written when the sweep completes).
+
+    ``trials.csv`` has one row per configuration, keyed by ``config_id`` (issue 14; a sweep from before packed
+    trials has one per trial, keyed by ``trial_id``, read as its configuration id). The curves come from each
+    configuration's ``configs/<id>/metrics.csv``, or from Tune's ``trial_*/result.json`` for an older sweep.
+    """
     p = Path(path)
     if not (p / "trials.csv").exists():
         raise DqlrayError(f"{p}: no trials.csv: the sweep has not completed (resume it with tune_main.py --resume)")
-    trials = read_csv(p / "trials.csv", dtype={"trial_id": str})  # a hex id such as 0e123456 is not a number
+    # ids such as 0e123456 are not numbers
+    trials = read_csv(p / "trials.csv", dtype={"trial_id": str, "config_id": str, "pack_id": str})
+    if "config_id" not in trials.columns and "trial_id" in trials.columns:
+        trials.insert(0, "config_id", trials["trial_id"])
     curves: dict[str, pd.DataFrame] = {}
-    for f in sorted(p.glob("trial_*/result.json")):
+    for f in sorted(p.glob("configs/*/metrics.csv")):
+        df = read_csv(f)
+        if len(df):
+            curves[f.parent.name] = df
+    for f in [] if curves else sorted(p.glob("trial_*/result.json")):
         rows = []
         for line in f.read_text().splitlines():
             if line.strip():

@@ -358,7 +358,7 @@ def plot_rungs(curves: dict[str, pd.DataFrame], status: dict[str, str], best: st
             end = {"full": ("o", 18), "stopped": ("X", 34), "error": ("s", 26), "other": ("d", 26)}[st]
             ax.scatter(x[-1:], y[-1:], marker="*" if is_best else end[0], s=150 if is_best else end[1],
                        color="#d1495b" if is_best else colors[st], zorder=6, edgecolors="white", linewidths=0.6)
-        handles = [Line2D([], [], color="#d1495b", lw=2.6, marker="*", ms=11, label="winner (best full-budget trial)"),
+        handles = [Line2D([], [], color="#d1495b", lw=2.6, marker="*", ms=11, label="winner (best at full budget)"),
                    Line2D([], [], color=colors["full"], lw=1.1, marker="o", ms=4, label="ran the full budget"),
                    Line2D([], [], color=colors["stopped"], lw=1.1, marker="X", ms=6, label="stopped by ASHA")]
         if "error" in status.values():
@@ -405,8 +405,8 @@ def plot_param_scatter(trials: pd.DataFrame, params: Sequence[str], scales: dict
                        path: Path, *, title: str) -> Path:
     """One panel per hyperparameter: its value against the validation metric (log-x for log-scale parameters).
 
-    ``scales`` per parameter: ``log``, ``linear`` or ``category``. Trials stopped by ASHA are hollow (scored at the
-    budget they reached); the winner is a red star.
+    ``scales`` per parameter: ``log``, ``linear`` or ``category``. Configurations stopped by ASHA are hollow (scored
+    at the budget they reached); the winner is a red star.
     """
     n = max(1, len(params))
     ncols = min(4, n)
@@ -418,7 +418,8 @@ def plot_param_scatter(trials: pd.DataFrame, params: Sequence[str], scales: dict
         y_all = pd.to_numeric(trials[metric], errors="coerce").to_numpy(dtype=float)
         stopped = trials["stopped_by_asha"].astype(str).str.lower().eq("true").to_numpy() \
             if "stopped_by_asha" in trials else np.zeros(len(trials), bool)
-        is_best = (trials["trial_id"].astype(str) == str(best)).to_numpy()
+        key = "config_id" if "config_id" in trials else "trial_id"
+        is_best = (trials[key].astype(str) == str(best)).to_numpy()
         for ax, p in zip(axes, params, strict=False):
             col = trials[p]
             scale = scales.get(p, "linear")
@@ -455,7 +456,7 @@ def plot_importance(values: dict[str, float], method: str, path: Path, *, title:
         fig = _figure(8.5, 0.9 + 0.36 * max(1, len(items)))
         ax = fig.add_subplot()
         if not items:
-            _empty(ax, "not enough trials to tell")
+            _empty(ax, "not enough configurations to tell")
         else:
             names = [param_label(k) for k, _ in items]
             vals = [v for _, v in items]

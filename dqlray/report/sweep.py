@@ -33,7 +33,7 @@ def build_sweep_report(exp_dir: str | Path, out_dir: str | Path | None = None) -
     tables: dict[str, Path] = {}
     s = sw.summary or {}
     sub = [f"{s.get('search') or sw.meta.get('sweep', {}).get('search', '?')} search",
-           f"{len(sw.trials)} trials", f"ranked by {metric_label(sw.metric)}"]
+           f"{len(sw.trials)} configurations", f"ranked by {metric_label(sw.metric)}"]
     data_file = s.get("data_file") or sw.meta.get("base_config", {}).get("data", {}).get("data_file")
     if data_file:
         sub.append(Markup("<code>{}</code>").format(data_file))
@@ -45,7 +45,7 @@ def build_sweep_report(exp_dir: str | Path, out_dir: str | Path | None = None) -
         doc.add("winner", "Winner on the test split", lambda: note(Markup(
             "No <code>summary.json</code>: the winner has not been evaluated on the test split yet (the sweep did not "
             "complete). Resume it with <code>tune_main.py --resume</code>."), "info"))
-    doc.add("trials", "Trials", lambda: _trials(sw, out, images, tables))
+    doc.add("trials", "Configurations", lambda: _trials(sw, out, images, tables))
     doc.add("hyperparameters", "Hyperparameters", lambda: _hyperparameters(sw, out, images, tables))
     doc.add("reproduce", "Configuration and provenance", lambda: _provenance(sw))
     html_path = out / "report.html"
@@ -54,19 +54,26 @@ def build_sweep_report(exp_dir: str | Path, out_dir: str | Path | None = None) -
                   tables=tables, warnings=tuple(doc.warnings), kind="sweep")
 
 
+def _true(v: Any) -> bool:
+    return str(v).lower() == "true"
+
+
 def _status(sw: SweepFolder) -> dict[str, str]:
+    """Each configuration: ``error`` (its pack failed, or it diverged), ``stopped`` (by ASHA), ``full`` (ran its
+    whole budget) or ``other``."""
     out = {}
     max_t = sw.max_t
+    full_col = "full_budget" in sw.trials.columns
     for _, r in sw.trials.iterrows():
-        if str(r.get("error")).lower() == "true" or r.get("status") == "ERROR":
+        if _true(r.get("error")) or r.get("status") == "ERROR" or _true(r.get("diverged")):
             st = "error"
-        elif str(r.get("stopped_by_asha")).lower() == "true":
+        elif _true(r.get("stopped_by_asha")):
             st = "stopped"
-        elif max_t is not None and r.get("episodes") == max_t:
+        elif _true(r.get("full_budget")) if full_col else (max_t is not None and r.get("episodes") == max_t):
             st = "full"
         else:
             st = "other"
-        out[str(r["trial_id"])] = st
+        out[str(r["config_id"])] = st
     return out
 
 
@@ -90,19 +97,21 @@ def _summary(sw: SweepFolder) -> Markup:
     n_full = sum(v == "full" for v in status.values())
     n_stop = sum(v == "stopped" for v in status.values())
     n_err = sum(v == "error" for v in status.values())
-    expected = sw.meta.get("expected_trials")
-    items = [("Trials", str(len(t)), f"{n_full} full budget · {n_stop} stopped by ASHA"
-              + (f" · {n_err} failed" if n_err else "") + (f" · {expected} planned" if expected else ""))]
+    expected = sw.meta.get("expected_configs") or sw.meta.get("expected_trials")
+    packs = t["pack_id"].nunique() if "pack_id" in t.columns else None
+    items = [("Configurations", str(len(t)), f"{n_full} full budget · {n_stop} stopped by ASHA"
+              + (f" · {n_err} failed or diverged" if n_err else "") + (f" · {expected} planned" if expected else "")
+              + (f" · trained in {packs} pack(s)" if packs else ""))]
     best = s.get("best_trial")
     if best is None and len(t):
-        best = str(t.sort_values(sw.metric, ascending=False).iloc[0]["trial_id"])
+        best = str(t.sort_values(sw.metric, ascending=False).iloc[0]["config_id"])
     if best is not None:
-        row = t[t["trial_id"] == str(best)]
+        row = t[t["config_id"] == str(best)]
         v = row.iloc[0][sw.metric] if len(row) else None
         sd_key = f"{sw.metric}_std"
         sd = row.iloc[0][sd_key] if len(row) and sd_key in row else None
         items.append((f"Best {metric_label(sw.metric)}", mean_sd_html(v, sd, number_kind(sw.metric)),
-                      Markup("trial <code>{}</code>").format(best)))
+                      Markup("configuration <code>{}</code>").format(best)))
     lead = Markup("")
     if "test" in s:
         ev = s["test"]
@@ -116,7 +125,7 @@ def _summary(sw: SweepFolder) -> Markup:
         if d.get("dsr") is not None:
             cls = "up" if d["dsr"] >= 0.95 else "down" if d["dsr"] < 0.5 else ""
             items.append(("Deflated Sharpe", Markup('<span class="{}">{}</span>').format(cls, fmt(d["dsr"], "ratio")),
-                          f"best of {d.get('n_trials')} trials"))
+                          f"best of {d.get('n_trials')} configurations"))
             lead = Markup('<p class="lead" style="margin-top:14px"><strong>{}</strong> {}</p>').format(
                 interpret_dsr(d["dsr"]), DSR_MEANING.format(n=d.get("n_trials")))
     return cards(items) + lead
@@ -125,9 +134,9 @@ def _summary(sw: SweepFolder) -> Markup:
 def _winner(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[str, Path]) -> Markup:
     s = sw.summary or {}
     ev = s["test"]
-    html = [Markup('<p class="lead">Trial <code>{}</code> had the best {} among the trials that used the full budget. '
-                   "Its checkpoint was evaluated once on the untouched test split ({}), every seed next to every "
-                   "baseline, with {} bps of costs per unit traded.</p>").format(
+    html = [Markup('<p class="lead">Configuration <code>{}</code> had the best {} among the configurations that used '
+                   "the full budget. Its checkpoint was evaluated once on the untouched test split ({}), every seed "
+                   "next to every baseline, with {} bps of costs per unit traded.</p>").format(
         s.get("best_trial"), metric_label(sw.metric), s.get("evaluated", "?"), fmt(ev.get("costs_bps"), "float1"))]
     if sw.equity is not None:
         images["equity_test"] = plots.plot_equity(sw.equity, out / "equity_test.png",
@@ -168,7 +177,9 @@ def _param_text(v: Any) -> str:
     return str(v)
 
 
-TRIAL_LABELS = {"trial_id": "trial", "env_steps": "env steps", "stopped_by_asha": "stopped by ASHA",
+TRIAL_LABELS = {"config_id": "configuration", "pack_id": "pack", "trial_id": "trial", "env_steps": "env steps",
+                "stopped_by_asha": "stopped by ASHA", "full_budget": "full budget",
+                "selected_episode": "chosen episode", "evaluations": "evaluations",
                 "val_sharpe": "val Sharpe", "val_sharpe_std": "val Sharpe sd", "val_return": "val return",
                 "episode_return": "train return", "time_total_s": "time", "node_ip": "node", "error": "failed"}
 
@@ -184,7 +195,7 @@ def _trial_columns(sw: SweepFolder) -> list[Column]:
         if c == "error" and not t[c].astype(str).str.lower().eq("true").any():
             continue
         kind = number_kind(c, list(t[c]))
-        if c in ("trial_id", "status", "node_ip"):
+        if c in ("config_id", "pack_id", "trial_id", "status", "node_ip"):
             kind = "text"
         label = param_label(c) if c in params else TRIAL_LABELS.get(c, c.replace("_", " "))
         cols.append(Column(c, label, kind, help=f"{c}: {(sw.meta.get('space') or {}).get(c, '')}".rstrip(": ")))
@@ -197,26 +208,27 @@ def _trials(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[st
     html = []
     if sw.curves:
         images["rungs"] = plots.plot_rungs(sw.curves, status, best, rungs(sw), sw.max_t, sw.metric,
-                                           out / "rungs.png", title=f"Trials by episode, and where ASHA stopped them · "
-                                                                    f"{sw.name}")
-        long = pd.concat([df.assign(trial_id=tid)[["trial_id", "episodes", sw.metric]] for tid, df in sw.curves.items()
-                          if "episodes" in df and sw.metric in df], ignore_index=True)
+                                           out / "rungs.png", title=f"Configurations by episode, and where ASHA "
+                                                                    f"stopped them · {sw.name}")
+        long = pd.concat([df.assign(config_id=cid)[["config_id", "episodes", sw.metric]]
+                          for cid, df in sw.curves.items() if "episodes" in df and sw.metric in df], ignore_index=True)
         save_table(out, "curves", long.to_dict("records"), tables)
-        html.append(figure(images["rungs"], "Each line is a trial's validation score after each episode. At every "
-                           "ASHA rung (dashed) only the best 1/reduction_factor of the trials that reached it go on; "
-                           "the others stop there (✕). The winner is the best trial that ran the full budget.",
-                           alt="rung chart"))
+        html.append(figure(images["rungs"], "Each line is a configuration's validation score after each episode. At "
+                           "every ASHA rung (dashed) only the best 1/reduction_factor of the configurations that "
+                           "reached it go on; the others stop there (✕). The winner is the best configuration that ran "
+                           "the full budget.", alt="rung chart"))
     else:
-        html.append(note(Markup("No per-trial <code>result.json</code> found: the learning curves are not available."),
-                         "info"))
+        html.append(note(Markup("No per-configuration <code>metrics.csv</code> found: the learning curves are not "
+                                "available."), "info"))
     cols = _trial_columns(sw)
     rows = []
     for _, r in sw.trials.iterrows():
-        tid = str(r["trial_id"])
-        rows.append(Row(tid, {c.key: r[c.key] for c in cols}, cls="best" if tid == best else "", compete=False))
-    html.append(Markup("<h3>All trials</h3>"
+        cid = str(r["config_id"])
+        rows.append(Row(cid, {c.key: r[c.key] for c in cols}, cls="best" if cid == best else "", compete=False))
+    html.append(Markup("<h3>All configurations</h3>"
                        '<p class="lead">Click a header to sort. Validation metrics only: the test split is not used to '
-                       "rank. A trial stopped by ASHA is scored at the budget it reached. The winner is highlighted.</p>")
+                       "rank. A configuration stopped by ASHA is scored at the budget it reached; configurations of "
+                       "one pack were trained together in one trial. The winner is highlighted.</p>")
                 + render_table("trials", cols, rows, sortable=True))
     return Markup("").join(html)
 
@@ -231,7 +243,7 @@ def _hyperparameters(sw: SweepFolder, out: Path, images: dict[str, Path], tables
     best = (sw.summary or {}).get("best_trial")
     images["params"] = plots.plot_param_scatter(sw.trials, params, scales, sw.metric, best, out / "params.png",
                                                 title=f"Hyperparameters against {metric_label(sw.metric)} · {sw.name}")
-    html = [figure(images["params"], "One point per trial; filled: ran the full budget, hollow: stopped by ASHA "
+    html = [figure(images["params"], "One point per configuration; filled: ran the full budget, hollow: stopped by ASHA "
                    "(scored earlier), red star: the winner. Learning rates and other log-uniform parameters on a log "
                    "axis; choices as categories.", alt="hyperparameters against the validation metric")]
     imp = param_importance(sw.trials, params, sw.metric, space)
@@ -269,7 +281,8 @@ def _provenance(sw: SweepFolder) -> Markup:
     items: list[tuple[str, Any]] = [
         ("experiment", sw.name), ("folder", code(sw.path.resolve())),
         ("search", st.get("search") or s.get("search")), ("metric", f"{sw.metric} (validation, maximised)"),
-        ("trials", f"{len(sw.trials)} of {m.get('expected_trials', '?')} planned"),
+        ("configurations", f"{len(sw.trials)} of {m.get('expected_configs', m.get('expected_trials', '?'))} "
+                           f"planned" + (f", packs of up to {m['pack_size']}" if m.get("pack_size") else "")),
         ("ASHA", f"grace period {st.get('grace_period')}, reduction factor {st.get('reduction_factor')}, "
                  f"max {sw.max_t} episodes" if st.get("scheduler", "asha") == "asha" else "off"),
         ("data file", code(s.get("data_file") or _base_data_file(m))),
@@ -284,7 +297,8 @@ def _provenance(sw: SweepFolder) -> Markup:
                                          kv_table(versions, "versions"))
     base = m.get("base_config")
     if base:
-        html += Markup("<details><summary>Base configuration of every trial (before the searched values)</summary>"
+        html += Markup("<details><summary>Base configuration of every configuration (before the searched values)"
+                       "</summary>"
                        "<pre>{}</pre></details>").format(yaml.safe_dump(base, sort_keys=False))
     best_cfg = sw.path / "best_config.yaml"
     if best_cfg.exists():

@@ -40,11 +40,26 @@ def build_tune_parser() -> argparse.ArgumentParser:
     _flag(p, "gpus_per_trial", type=float, default=None, help="e.g. 0.25: four trials share a GPU")
     _flag(p, "max_concurrent", type=int, default=None)
     p.add_argument("--seed", type=int, default=None, help="seed of the search algorithm")
+    p.add_argument("--pack", type=_pack_value, default=None, metavar="auto|M",
+                   help="configurations trained together per trial as one batched network (1: one per trial; "
+                        "auto, the default: sized to the sweep and the device)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment of that name")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     _flag(p, "telegram_token", default=None, help="DISCOURAGED: visible to other users; use TELEGRAM_BOT_TOKEN")
     _flag(p, "telegram_chat_id", default=None)
     return p
+
+
+def _pack_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--pack {text!r}: auto or an integer >= 1")
+    return value
 
 
 def tune_main(argv: Sequence[str] | None = None, *, trainable: Any = None) -> int:
@@ -77,7 +92,8 @@ def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = 
         if v is not None:
             overrides.setdefault(sec, {})[fld] = v
     sweep_over = {"num_samples": args.num_samples, "search": args.search, "cpus_per_trial": args.cpus_per_trial,
-                  "gpus_per_trial": args.gpus_per_trial, "max_concurrent": args.max_concurrent, "seed": args.seed}
+                  "gpus_per_trial": args.gpus_per_trial, "max_concurrent": args.max_concurrent, "seed": args.seed,
+                  "pack": args.pack}
     if args.resume:
         if not args.experiment_name:
             raise ConfigError("--resume needs --experiment-name (the folder name under --storage-path)")

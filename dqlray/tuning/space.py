@@ -8,6 +8,7 @@ A sweep YAML has the single-run sections (``data``, ``env``, ``agent``, ``train`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -46,6 +47,18 @@ class SweepConfig:
     """Times a crashed trial is retried from its last checkpoint."""
     seed: int = 0
     """Seed of the search algorithm."""
+    pack: int | str = "auto"
+    """Configurations trained together in one trial, as one batched network (issue 14): an integer >= 1 (1 is one
+    configuration per trial), or ``auto``: as many as the benchmark found fastest on the device, fewer when the
+    sweep is small enough to fill every trial slot with fewer (:func:`auto_pack_size`)."""
+    tell_stopped: str = "complete"
+    """How Optuna is told about a configuration stopped early by ASHA: ``complete`` with its last value (what Ray's
+    OptunaSearch does), or ``pruned`` with its intermediate values (Optuna's TPE then ranks it below every
+    configuration that completed, by the episode it reached). A diverged configuration is told as failed, or as
+    pruned. Issue 12's benchmark chooses."""
+    rung_window: int = 1
+    """ASHA's rung value of a configuration: the mean of its last ``rung_window`` validation values of ``metric``
+    (1: the last value, as Ray's ASHA compares)."""
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, allowed: str) -> None:
@@ -63,6 +76,10 @@ class SweepConfig:
         check(self.gpus_per_trial >= 0, "gpus_per_trial", "a number >= 0")
         check(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", "null or an integer >= 1")
         check(self.max_failures >= 0, "max_failures", "an integer >= 0")
+        check(self.pack == "auto" or (isinstance(self.pack, int) and not isinstance(self.pack, bool)
+                                      and self.pack >= 1), "pack", "auto or an integer >= 1")
+        check(self.tell_stopped in ("complete", "pruned"), "tell_stopped", "complete or pruned")
+        check(self.rung_window >= 1, "rung_window", "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -157,24 +174,36 @@ def decode(value: Any) -> Any:
     return value
 
 
-def tune_space(sf: SweepFile) -> dict[str, Any]:
-    """The Ray Tune ``param_space`` for the file's search method."""
-    from ray import tune
+CPU_PACK_CAP = 16
+"""Most configurations per pack on a CPU. ``python -m bench.pack_throughput --scaling`` (one core, 2 seeds each;
+``bench/README.md``, issue 14): 32-wide networks train at 10,400 agent-steps per CPU-second alone, 62,400 in packs
+of 16 and 76,400 in packs of 32; 64-wide ones at 8,500, 24,300 and 25,800. Past 16 the gain flattens for all but the
+smallest networks, while larger packs make fewer, longer trials: coarser scheduling, and fewer results for Optuna
+between its asks."""
+CUDA_PACK_CAP = 256
+"""Most configurations per pack on a GPU: a small MLP needs hundreds of members to fill one (not measured yet: no
+GPU was available to issue 14)."""
 
+
+def auto_pack_size(n_configs: int, slots: int, gpu: bool) -> int:
+    """``sweep.pack: auto``: enough configurations per pack that the sweep's packs fill the trial slots once,
+    capped by what one pack should hold on the device (:data:`CPU_PACK_CAP`, :data:`CUDA_PACK_CAP`)."""
+    cap = CUDA_PACK_CAP if gpu else CPU_PACK_CAP
+    return max(1, min(cap, math.ceil(n_configs / max(slots, 1))))
+
+
+def grid_points(sf: SweepFile) -> list[dict[str, Any]]:
+    """Every point of the file's grid, each once (the last key varies fastest)."""
+    keys = list(sf.grid)
+    return [{k: encode(v) for k, v in zip(keys, values, strict=True)}
+            for values in itertools.product(*(sf.grid[k] for k in keys))]
+
+
+def expected_configs(sf: SweepFile) -> int:
+    """How many configurations the sweep tries when complete."""
     if sf.sweep.search == "grid":
-        return {k: tune.grid_search([encode(v) for v in vals]) for k, vals in sf.grid.items()}
-    out: dict[str, Any] = {}
-    for key, spec in sf.search.items():
-        kind, args = next(iter(spec.items()))
-        if kind == "loguniform":
-            out[key] = tune.loguniform(float(args[0]), float(args[1]))
-        elif kind == "uniform":
-            out[key] = tune.uniform(float(args[0]), float(args[1]))
-        elif kind == "randint":
-            out[key] = tune.randint(int(args[0]), int(args[1]) + 1)
-        else:
-            out[key] = tune.choice([encode(v) for v in args])
-    return out
+        return math.prod(len(v) for v in sf.grid.values())
+    return sf.sweep.num_samples
 
 
 def trial_config(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:

@@ -1,8 +1,12 @@
 """The sweep driver behind ``tune_main.py``: Ray Tune with ASHA and Optuna, resumable, honest about the winner.
 
-Trials are scored on the validation split only. When the sweep is complete, the best trial's checkpoint is evaluated
-once on the untouched test split (every seed, next to every baseline) with the Deflated Sharpe Ratio over the number
-of trials actually tried; a completed experiment is never re-evaluated on test.
+Each Tune trial trains a pack of configurations (issue 14; ``--pack 1``: one per trial): :class:`PackSearcher`
+forms the packs and tells Optuna each configuration's result, the sweep's rung table (:mod:`dqlray.tuning.rungs`)
+stops configurations early, and every table downstream speaks in configurations. Configurations are scored on the
+validation split only. When the sweep is complete, the best configuration that reached its full budget is evaluated
+once, from its own checkpoint, on the untouched test split (every seed, next to every baseline) with the Deflated
+Sharpe Ratio over the number of configurations (and chosen checkpoints) actually tried; a completed experiment is
+never re-evaluated on test.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,19 +36,22 @@ from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
 from dqlray.notify import SweepNotifier, get_notifier
 from dqlray.parts import build_market
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
-from dqlray.trainer import checkpoint_bytes, list_checkpoints
+from dqlray.trainer import checkpoint_bytes
 from dqlray.tuning.local_ray import LocalRay, local_ray_environment
+from dqlray.tuning.members import member_checkpoint, members_of, read_members
+from dqlray.tuning.rungs import RUNGS_FILE, milestones, start_rung_server
 from dqlray.tuning.space import (
     PLACEMENT_KEYS,
     SweepFile,
+    auto_pack_size,
+    expected_configs,
     resumed_sweep_file,
     space_summary,
     sweep_file_dict,
     sweep_file_from_dict,
     trial_config,
-    tune_space,
 )
-from dqlray.tuning.trainable import dqn_trainable
+from dqlray.tuning.trainable import PackSettings, pack_trainable
 from dqlray.workflow import evaluate_all, format_metrics_table, learner_from_checkpoint, save_curves
 
 TIME_ATTR = "episodes"  # the same in every trial: one episode = the same number of env steps per seed
@@ -136,43 +144,52 @@ def _check_trial_fits(sw: Any, cluster: ClusterResources) -> None:
             raise DqlrayError(f"{flag} {want:g} but {where}; the trials would wait forever")
 
 
+def trial_slots(sw: Any, cluster_total: dict[str, float]) -> int:
+    """Trials (packs) that run at once: ``max_concurrent``, else what the cluster's CPUs (and GPUs) hold."""
+    auto = max(1, int(cluster_total.get("CPU", 1) // sw.cpus_per_trial))
+    if sw.gpus_per_trial > 0:
+        auto = min(auto, max(1, int(cluster_total.get("GPU", 0) / sw.gpus_per_trial)))
+    return sw.max_concurrent or auto
+
+
+def pack_size(sf: SweepFile, slots: int) -> int:
+    """Configurations per pack: ``sweep.pack``, or for ``auto`` :func:`auto_pack_size` on this sweep's device."""
+    sw = sf.sweep
+    if sw.pack != "auto":
+        return int(sw.pack)
+    return auto_pack_size(expected_configs(sf), slots, gpu=sw.gpus_per_trial > 0)
+
+
 def _build_tuner(run: SweepRun, data: OHLCV, cluster: ClusterResources, callbacks: list,
-                 trainable_fn: Callable[..., None]) -> tuple[Any, Any]:
+                 trainable_fn: Callable[..., None], out: Any = print) -> tuple[Any, Any, int, Any]:
+    """The Tuner, its trainable, the pack size, and the rung actor (held by the caller for the sweep: a named
+    actor without a handle is stopped)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from dqlray.tuning.search import PackSearcher
 
     sf = run.sweep_file
     sw = sf.sweep
     _check_trial_fits(sw, cluster)
-    resources = cluster.total
+    exp = experiment_dir(run)
     res = {"cpu": sw.cpus_per_trial, "gpu": sw.gpus_per_trial}
     base = sf.base
     if sw.gpus_per_trial > 0:
         base = base.replace({"train": {"device": "cuda"}})
-    trainable = tune.with_resources(tune.with_parameters(trainable_fn, data=data, base=base), res)
-    auto = max(1, int(resources.get("CPU", 1) // sw.cpus_per_trial))
-    if sw.gpus_per_trial > 0:
-        auto = min(auto, max(1, int(resources.get("GPU", 0) / sw.gpus_per_trial)))
-    concurrent = sw.max_concurrent or auto
-    scheduler = None
+    slots = trial_slots(sw, cluster.total)
+    m = pack_size(sf, slots)
+    n = expected_configs(sf)
+    settings = PackSettings(exp_dir=str(exp), metric=sw.metric)
+    actor = None
     if sw.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=base.train.episodes, grace_period=sw.grace_period,
-                                  reduction_factor=sw.reduction_factor)
-    space = tune_space(sf)
-    if sw.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = ConcurrencyLimiter(OptunaSearch(seed=sw.seed), max_concurrent=concurrent)
-        num_samples = sw.num_samples
-    elif sw.search == "random":
-        search_alg = BasicVariantGenerator(random_state=sw.seed, max_concurrent=concurrent)
-        num_samples = sw.num_samples
-    else:
-        search_alg = BasicVariantGenerator(max_concurrent=concurrent)
-        num_samples = 1  # a grid runs each point exactly once (grid_search multiplies with num_samples)
-    tune_config = tune.TuneConfig(metric=sw.metric, mode="max", search_alg=search_alg, scheduler=scheduler,
-                                  num_samples=num_samples, reuse_actors=True,
+        rungs = milestones(sw.grace_period, sw.reduction_factor, base.train.episodes)
+        name = f"dqlray-rungs-{uuid.uuid4().hex[:12]}"
+        actor = start_rung_server(name, exp / RUNGS_FILE, sw.grace_period, sw.reduction_factor, base.train.episodes)
+        settings = dataclasses.replace(settings, rungs=tuple(rungs), rungs_actor=name, rung_window=sw.rung_window)
+    trainable = tune.with_resources(tune.with_parameters(trainable_fn, data=data, base=base, settings=settings),
+                                    res)
+    out(f"{n} configurations in packs of up to {m} (--pack {sw.pack}), {slots} pack(s) at once")
+    tune_config = tune.TuneConfig(search_alg=PackSearcher(sf, m, slots), num_samples=n, reuse_actors=True,
                                   trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
     run_config = tune.RunConfig(
         name=run.experiment_name, storage_path=str(Path(run.storage_path).resolve()),
@@ -180,107 +197,117 @@ def _build_tuner(run: SweepRun, data: OHLCV, cluster: ClusterResources, callback
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks, verbose=1,
     )
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config), trainable
+    return tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config), trainable, m, actor
 
 
-def expected_trials(sf: SweepFile) -> int:
-    """How many trials the sweep runs when complete."""
-    if sf.sweep.search == "grid":
-        return int(np.prod([len(v) for v in sf.grid.values()]))
-    return sf.sweep.num_samples
+CONFIG_COLUMNS = ("episodes", "env_steps", "stopped_by_asha", "diverged", "val_sharpe", "val_sharpe_std",
+                  "val_return", "episode_return", "loss", "time_total_s", "node_ip")
 
 
-def trial_table(exp_dir: Path, max_t: int, metric: str) -> pd.DataFrame:
-    """Every trial: status, hyperparameters, budget used, whether ASHA stopped it, validation metrics."""
+def config_table(exp_dir: Path, metric: str) -> pd.DataFrame:
+    """Every configuration tried: status, hyperparameters, budget used, whether ASHA stopped it or it diverged,
+    validation metrics, and its pack (the Tune trial that trained it)."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(exp_dir))
+    records = read_members(exp_dir)
     rows = []
-    for t in analysis.trials:
-        last = t.last_result or {}
-        row: dict[str, Any] = {"trial_id": t.trial_id, "status": t.status}
-        for k, v in (t.config or {}).items():
-            row[k] = v
-        episodes = last.get(TIME_ATTR)
-        row["episodes"] = episodes
-        row["env_steps"] = last.get("env_steps")
-        row["stopped_by_asha"] = bool(t.status == "TERMINATED" and episodes is not None and episodes < max_t)
-        for key in ("val_sharpe", "val_sharpe_std", "val_return", "episode_return", "loss", "time_total_s"):
-            row[key] = last.get(key)
-        row["node_ip"] = last.get("node_ip")
-        row["error"] = bool(t.status == "ERROR")
-        rows.append(row)
+    for t in ExperimentAnalysis(str(exp_dir)).trials:
+        last = members_of(t.last_result or {})
+        for member in (t.config or {}).get("pack", []):
+            cid = member["id"]
+            rec = records.get(cid)
+            row: dict[str, Any] = {"config_id": cid, "pack_id": t.trial_id}
+            row["status"] = "TERMINATED" if rec is not None else ("ERROR" if t.status == "ERROR" else t.status)
+            row.update(member["params"])
+            src = rec if rec is not None else last.get(cid, {})
+            for key in CONFIG_COLUMNS:
+                row[key] = src.get(key)
+            row["stopped_by_asha"] = bool(row["stopped_by_asha"])
+            row["diverged"] = bool(row["diverged"])
+            row["full_budget"] = bool(rec is not None and rec.get("outcome") == "finished")
+            row["selected_episode"] = rec.get("selected_episode") if rec else None
+            row["evaluations"] = len(rec.get("evaluations") or []) if rec else None
+            row["error"] = row["status"] == "ERROR"
+            rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
         df = df.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
     return df
 
 
-def _best_trial(analysis_dir: Path, df: pd.DataFrame, max_t: int, metric: str) -> tuple[str, Path, dict]:
-    """The winner: the best validation score among trials that used the full budget (any, if none did)."""
-    from ray.tune import ExperimentAnalysis
-
-    full = df[(df["episodes"] == max_t) & (df["status"] == "TERMINATED")]
-    pool = full if len(full) else df[df["status"] == "TERMINATED"]
+def _best_config(exp_dir: Path, df: pd.DataFrame, metric: str) -> tuple[str, Path, dict]:
+    """The winner: the best validation score among configurations that reached their full budget (any finished
+    one that did not diverge, if none did)."""
+    done = df[(df["status"] == "TERMINATED") & ~df["diverged"]]
+    full = done[done["full_budget"]]
+    pool = full if len(full) else done
     if not len(pool):
-        raise DqlrayError(f"{analysis_dir}: no trial finished; see the trial errors above")
-    analysis = ExperimentAnalysis(str(analysis_dir))
-    by_id = {t.trial_id: t for t in analysis.trials}
-    # Full-budget trials always end with a checkpoint of their final state; in the fallback (no trial reached the
-    # full budget) a trial stopped before its first checkpoint cannot be evaluated, so the next best is taken.
-    for trial_id in pool.sort_values(metric, ascending=False)["trial_id"]:
-        trial = by_id[str(trial_id)]
-        ckpt = analysis.get_last_checkpoint(trial)
+        raise DqlrayError(f"{exp_dir}: no configuration finished; see the trial errors above")
+    records = read_members(exp_dir)
+    # Full-budget configurations always leave a checkpoint; in the fallback a stopped one may not have one.
+    for cid in pool.sort_values(metric, ascending=False)["config_id"]:
+        ckpt = member_checkpoint(exp_dir, records[str(cid)])
         if ckpt is not None:
-            return str(trial_id), Path(ckpt.path), dict(trial.config)
-    raise DqlrayError(f"{analysis_dir}: no finished trial has a checkpoint to evaluate")
+            return str(cid), ckpt, dict(records[str(cid)]["params"])
+    raise DqlrayError(f"{exp_dir}: no finished configuration has a checkpoint to evaluate")
 
 
 def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]:
     """Tables, the one test evaluation of the winner with the deflated Sharpe, and the best config YAML."""
     sf = run.sweep_file
     exp = experiment_dir(run)
-    max_t = sf.base.train.episodes
     metric = sf.sweep.metric
-    df = trial_table(exp, max_t, metric)
+    df = config_table(exp, metric)
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     atomic_write_text(exp / "trials.csv", buf.getvalue())
-    shown = [c for c in df.columns if c not in ("error", "loss", "episode_return", "node_ip")]
-    out("\nAll trials (validation metrics; the test split is not used to rank):")
+    shown = [c for c in df.columns if c not in ("error", "loss", "episode_return", "node_ip", "full_budget",
+                                                "selected_episode", "evaluations")]
+    out("\nAll configurations (validation metrics; the test split is not used to rank):")
     out(df[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     summary_path = exp / "summary.json"
     if summary_path.exists():  # the test split is touched once: a completed sweep keeps its first evaluation
         summary = json.loads(summary_path.read_text())
         out(f"\nTest evaluation already done on {summary.get('evaluated')}; not repeated. See {summary_path}")
         return summary
-    best_id, ckpt_dir, params = _best_trial(exp, df, max_t, metric)
-    best_row = df[df["trial_id"] == best_id].iloc[0]
+    best_id, ckpt, params = _best_config(exp, df, metric)
+    best_row = df[df["config_id"] == best_id].iloc[0]
     cfg = trial_config(sf.base, params)
     market = build_market(cfg, data)
-    ckpt = ckpt_dir if (ckpt_dir / "state.pt").exists() else list_checkpoints(ckpt_dir)[-1]
     learner = learner_from_checkpoint(cfg, market, ckpt)
     evaluation, curves = evaluate_all(learner, market, cfg, "test")
     save_curves(exp, curves, "test")
     tried = df[df[metric].notna()]
-    dsr = deflated_sharpe_of_winner(curves["agent"].returns, tried["val_sharpe"].to_numpy(dtype=float),
-                                    cfg.train.periods_per_year)
+    # Every checkpoint the selection could choose among counts: one per configuration, or with train.select
+    # every validation evaluation of every configuration (issue 12).
+    candidates = tried["val_sharpe"].to_numpy(dtype=float)
+    if sf.base.train.select != "last":
+        values = [v for rec in read_members(exp).values() for v in rec.get("evaluations") or []
+                  if v is not None and np.isfinite(v)]
+        candidates = np.asarray(values, dtype=float) if values else candidates
+    dsr = deflated_sharpe_of_winner(curves["agent"].returns, candidates, cfg.train.periods_per_year)
     best_cfg = cfg.replace({"train": {"experiment_name": f"{run.experiment_name}_best", "keep_checkpoints": 3}})
     atomic_write_text(exp / "best_config.yaml",
-                      f"# Best of {len(tried)} trials of sweep {run.experiment_name} (trial {best_id}), by validation "
-                      f"{metric}.\n# Re-train with: python train_single.py --config {exp / 'best_config.yaml'}\n"
-                      + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+                      f"# Best of {len(tried)} configurations of sweep {run.experiment_name} ({best_id}), by "
+                      f"validation {metric}.\n# Re-train with: python train_single.py --config "
+                      f"{exp / 'best_config.yaml'}\n" + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
     summary = {
         "experiment": run.experiment_name,
         "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "search": sf.sweep.search,
         "metric": metric,
         "n_trials": int(len(tried)),
+        "n_candidates": int(len(candidates)),
+        "n_packs": int(df["pack_id"].nunique()),
         "n_stopped_by_asha": int(df["stopped_by_asha"].sum()),
+        "n_diverged": int(df["diverged"].sum()),
+        "n_full_budget": int(df["full_budget"].sum()),
         "n_errors": int(df["error"].sum()),
         "best_trial": best_id,
+        "best_pack": str(best_row["pack_id"]),
         "best_params": params,
         "best_val": {k: finite_or_none(best_row[k]) for k in ("val_sharpe", "val_sharpe_std", "val_return")},
+        "selected_episode": finite_or_none(best_row["selected_episode"]),
         "test": evaluation,
         "deflated_sharpe": dsr,
         "data_file": cfg.data.data_file,
@@ -289,16 +316,16 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         "versions": package_versions(),
     }
     write_json(summary_path, summary)
-    out(f"\nBest trial {best_id} (validation {metric} {summary['best_val']['val_sharpe']:.3f}); "
+    out(f"\nBest configuration {best_id} (validation {metric} {summary['best_val']['val_sharpe']:.3f}); "
         f"test split, evaluated once, costs {evaluation['costs_bps']:.1f} bps:")
     out(format_metrics_table(evaluation))
+    among = (f"{dsr['n_trials']} configurations" if len(candidates) == len(tried) else
+             f"{dsr['n_trials']} checkpoints ({len(tried)} configurations, every validation evaluation)")
     out(f"\nDeflated Sharpe Ratio: {dsr['dsr']:.3f} (mean over seeds, weakest seed {dsr['dsr_min']:.3f}; best of "
-        f"{dsr['n_trials']} trials; test Sharpe {dsr['sharpe']:.2f} per seed against {dsr['sr0']:.2f} expected from "
-        f"the best of {dsr['n_trials']} unskilled trials). {interpret_dsr(dsr['dsr'])}")
+        f"{among}; test Sharpe {dsr['sharpe']:.2f} per seed against {dsr['sr0']:.2f} expected from "
+        f"the best of {dsr['n_trials']} unskilled ones). {interpret_dsr(dsr['dsr'])}")
     out(f"Best config: {exp / 'best_config.yaml'}")
     return summary
-
-
 
 
 def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarray, periods: int) -> dict[str, Any]:
@@ -327,7 +354,8 @@ def run_sweep(run: SweepRun, out: Any = print, stop_requested: Any = None,
 
     The experiment folder is locked while the sweep runs (a second sweep of the same name is refused with one line);
     a local Ray (no ``--address``) is private, loopback-only and cleaned up after a crash
-    (:mod:`dqlray.tuning.local_ray`). ``trainable`` replaces :func:`dqn_trainable` (tests wrap it to inject a crash).
+    (:mod:`dqlray.tuning.local_ray`). ``trainable`` replaces :func:`pack_trainable` (tests wrap it to inject a
+    crash).
     """
     sf = run.sweep_file
     data = load_ohlcv(sf.base.data.data_file)
@@ -360,8 +388,10 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
     # Tune's own state files would be cut short on a full disk: refuse up front, and stop in time (issue 13).
     sw = sf.sweep
     concurrent = sw.max_concurrent or (max(1, int((os.cpu_count() or 1) // sw.cpus_per_trial)) if local else 1)
-    room = SweepRoom.estimate(checkpoint_bytes(sf.base, market),
-                              expected_trials(sf) - (_finished_trials(exp) if run.resume else 0), concurrent)
+    m = pack_size(sf, concurrent)
+    remaining = expected_configs(sf) - (len(read_members(exp)) if run.resume else 0)
+    # A pack checkpoints all its configurations at once; each configuration also keeps its own networks.
+    room = SweepRoom.estimate(m * checkpoint_bytes(sf.base, market), -(-remaining // m), concurrent)
     room.check_before_start(exp, out)
     meta_path = exp / META_FILE
     if run.resume and meta_path.exists():  # a resumed sweep keeps the record of how it was started
@@ -374,7 +404,7 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
                                                **{k: getattr(sf.sweep, k) for k in PLACEMENT_KEYS}})
     else:
         meta = {"experiment": run.experiment_name, **sweep_file_dict(sf), "space": space_summary(sf),
-                "data_hash": data_hash(data), "expected_trials": expected_trials(sf), "git_commit": git_commit(),
+                "data_hash": data_hash(data), "expected_configs": expected_configs(sf), "git_commit": git_commit(),
                 "versions": package_versions()}
     notifier = get_notifier()  # the process's one notifier, shared with the dashboard callback (issue 15)
     sweep_notifier = SweepNotifier(notifier, run.experiment_name)
@@ -383,9 +413,10 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
     try:
         callbacks = [TelegramTuneCallback(
             experiment=run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
-            num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
+            num_samples=expected_configs(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
         callbacks.append(RoomWatch(str(exp), room.reserve))
-        tuner, wrapped = _build_tuner(run, data, cluster, callbacks, trainable or dqn_trainable)
+        tuner, wrapped, m, _rungs = _build_tuner(run, data, cluster, callbacks, trainable or pack_trainable, out)
+        meta.setdefault("pack_size", m)  # what sweep.pack resolved to when the sweep started
         write_json(meta_path, meta)  # only now: a sweep refused for its resources leaves no trace
         if run.resume:
             tuner = tune.Tuner.restore(str(exp.resolve()), trainable=wrapped, resume_unfinished=True,
@@ -403,14 +434,16 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
 
         trials = ExperimentAnalysis(str(exp.resolve())).trials
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-        if unfinished or len(trials) < expected_trials(sf):
+        handed_out = sum(len((t.config or {}).get("pack", [])) for t in trials)
+        if unfinished or handed_out < expected_configs(sf):
+            done = len(read_members(exp))
             resume_cmd = (f"python tune_main.py --resume --experiment-name {run.experiment_name} "
                           f"--storage-path {run.storage_path}")
             room.raise_if_short(exp, "the next checkpoints", None,
-                                f"; the sweep stopped with its state saved after {len(trials) - len(unfinished)} of "
-                                f"{expected_trials(sf)} trials: free some space, then resume with: {resume_cmd}")
-            out(f"\nSweep stopped with {len(trials) - len(unfinished)} of {expected_trials(sf)} trials finished; "
-                f"state saved. Resume with: {resume_cmd}")
+                                f"; the sweep stopped with its state saved after {done} of {expected_configs(sf)} "
+                                f"configurations: free some space, then resume with: {resume_cmd}")
+            out(f"\nSweep stopped with {done} of {expected_configs(sf)} configurations finished; state saved. "
+                f"Resume with: {resume_cmd}")
             sweep_notifier.time_limit()
             return EXIT_RESUMABLE
         summary = finish_sweep(run, data, out)
@@ -437,16 +470,6 @@ def _stop_on_sigterm() -> None:
     after ``ray.init``, whose failure-signal handler takes SIGTERM over and aborts the driver (exit 134)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGUSR1))
-
-
-def _finished_trials(exp: Path) -> int:
-    """Trials of an experiment that are done (TERMINATED or ERROR), from its newest state file; 0 if unreadable."""
-    files = sorted(exp.glob("experiment_state-*.json"))
-    try:
-        state = json.loads(files[-1].read_text()) if files else {}
-        return sum(json.loads(t[0]).get("status") in ("TERMINATED", "ERROR") for t in state.get("trial_data", []))
-    except (OSError, ValueError, TypeError, IndexError, KeyError):
-        return 0
 
 
 def _sweep_report(exp: Path, out: Any) -> str | None:
