@@ -39,6 +39,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "slippage_bps": ("env", "slippage_bps", float),
     "positions": ("env", "positions", str),
     "checkpoint_every": ("train", "checkpoint_every", int),
+    "benchmark": ("verdict", "benchmark", str),
+    "walk_forward": ("data", "walk_forward", int),
 }
 
 
@@ -116,6 +118,7 @@ def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
     """Train one experiment, evaluate it once on the test split, save everything (and a report)."""
     from dqlray.notify import RunNotifier, get_notifier
     from dqlray.runinfo import check_folder
+    from dqlray.verdict import message_parts
     from dqlray.workflow import run_experiment
 
     config = config_from_args(args)
@@ -136,8 +139,8 @@ def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
         ev = outcome.evaluation
         notifier.finished(final_reward=outcome.result.final.get("episode_return", float("nan")),
                           test_metrics={k: v["mean"] for k, v in ev["agent"]["summary"].items()},
-                          baselines={"buy&hold": ev["baselines"]["buy_and_hold"]}, model_path=ev.get("model_path"),
-                          image_path=image)
+                          model_path=ev.get("model_path"), image_path=image,
+                          **message_parts(ev, ev.get("verdict")))
         return 0
     except BaseException as e:
         if not isinstance(e, DqlrayError):

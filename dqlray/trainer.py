@@ -24,7 +24,7 @@ from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV
 from dqlray.dqn import DQNLearner, GreedyPolicy
 from dqlray.errors import DqlrayError
-from dqlray.evaluation import evaluate_policy
+from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.market import Market
 from dqlray.parts import build_market, build_parts, make_learner
 from dqlray.replay import BYTES_PER_TRANSITION
@@ -195,6 +195,7 @@ def train(
     resume_from: str | Path | dict | None = None,
     progress: bool | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_validation: Callable[[EvalResult], None] | None = None,
 ) -> TrainResult:
     """Train ``config.train.num_seeds`` DQN agents in lockstep on the training part of ``source``.
 
@@ -204,7 +205,8 @@ def train(
     every ``train.checkpoint_every`` episodes and at the end; ``resume_from`` (a checkpoint, a directory of them, or
     a checkpoint already loaded with :func:`load_checkpoint`) continues a run exactly where it stopped.
     ``should_stop()`` is polled after each episode (a checkpoint is written before stopping). A loss that becomes
-    non-finite raises :class:`TrainingDiverged` naming the episode.
+    non-finite raises :class:`TrainingDiverged` naming the episode. ``on_validation(result)`` receives every
+    validation evaluation (the sweep keeps each trial's last one for the verdict, issue 11).
     """
     torch.set_num_threads(config.train.torch_threads)
     tc, ac = config.train, config.agent
@@ -284,7 +286,7 @@ def train(
                 "steps_per_s": per_episode * k / max(time.perf_counter() - t_ep, 1e-9),
             }
             if done_episodes % tc.eval_every == 0 or done_episodes == tc.episodes:
-                last_val = validation_metrics(learner, market, config)
+                last_val = validation_metrics(learner, market, config, on_result=on_validation)
             metrics.update(last_val)
             metrics["time_total_s"] = time.perf_counter() - t_start
             history.append(metrics)
@@ -312,10 +314,14 @@ def train(
                        stopped_early=stopped, extra={"replay_bytes": buffer.nbytes})
 
 
-def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentConfig) -> dict[str, float]:
-    """Greedy policy of every seed on the validation part: mean and spread of Sharpe and return over seeds."""
+def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentConfig,
+                       on_result: Callable[[EvalResult], None] | None = None) -> dict[str, float]:
+    """Greedy policy of every seed on the validation part: mean and spread of Sharpe and return over seeds
+    (``on_result`` also gets the evaluation itself)."""
     res = evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k, name="agent",
                           periods=config.train.periods_per_year)
+    if on_result is not None:
+        on_result(res)
     sharpes = np.array([m["sharpe"] for m in res.metrics])
     rets = np.array([m["total_return"] for m in res.metrics])
     return {

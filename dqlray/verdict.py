@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -39,8 +39,10 @@ import numpy as np
 
 from dqlray.config import VerdictConfig
 from dqlray.env import apply_positions
+from dqlray.errors import DqlrayError
 from dqlray.market import Market
 from dqlray.metrics import PERIODS_PER_YEAR, deflated_sharpe, finite_or_none, sharpe
+from dqlray.record import EvalRecord
 
 DSR_WARN = 0.95
 """Below this deflated Sharpe of the winner's validation IR the statement warns (issue 11)."""
@@ -468,10 +470,12 @@ def benchmark_label(name: str) -> str:
 
 
 def _statement(subject: str, beats: bool, bench: str, check: BenchmarkCheck, p_random: float, level: float,
-               bars: int, seeds: int, dsr: dict[str, Any] | None, pbo: PBO | None) -> str:
+               bars: int, seeds: int, dsr: dict[str, Any] | None, pbo: PBO | None, notes: Sequence[str] = (),
+               folds: int = 1) -> str:
     lo, hi = check.ci
+    where = f"{bars} test bars" if folds == 1 else f"{bars} test bars of {folds} walk-forward folds"
     figures = (f"information ratio {check.info_ratio:+.2f} ({check.ci_level:.0%} CI {lo:+.2f} to {hi:+.2f}) over "
-               f"{bars} test bars and {seeds} seed{'s' if seeds != 1 else ''}; p = {check.p_value:.3f} against "
+               f"{where} and {seeds} seed{'s' if seeds != 1 else ''}; p = {check.p_value:.3f} against "
                f"{bench} and p = {p_random:.3f} against random timing with the same exposure and trades")
     if beats:
         text = f"{subject} beats {bench} out of sample: {figures}"
@@ -482,13 +486,15 @@ def _statement(subject: str, beats: bool, bench: str, check: BenchmarkCheck, p_r
                  f"(below {DSR_WARN}) as the best of {dsr['n_trials']} trials")
     if pbo is not None and pbo.pbo >= PBO_WARN:
         text += f"; warning: the probability of backtest overfitting is {pbo.pbo:.2f} (at least {PBO_WARN})"
+    for note in notes:
+        text += f"; warning: {note}"
     return text + "."
 
 
 def _verdict(
     agent_returns: np.ndarray, agent_positions: np.ndarray, benchmark_returns: np.ndarray, *, ret_next: np.ndarray,
     cost_rate: float, segments: Sequence[int] | None, periods: int, config: VerdictConfig | None, subject: str,
-    search: tuple[np.ndarray, int, int] | None,
+    search: tuple[np.ndarray, int, int] | None, notes: Sequence[str] = (),
 ) -> Verdict:
     cfg = VerdictConfig() if config is None else config
     r = _seeds(agent_returns, "agent returns")
@@ -509,7 +515,7 @@ def _verdict(
     if gap > 1e-9:
         raise ValueError(f"agent returns differ from its positions priced on ret_next at cost_rate {cost_rate} "
                          f"(by up to {gap:.3g}): the arrays are from different bars, segments or costs")
-    boot_rng, null_rng, pbo_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(3))
+    boot_rng, null_rng, pbo_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.resample_seed).spawn(3))
     check1 = benchmark_check(r - bench, n_boot=cfg.n_boot, ci_level=cfg.ci_level, rng=boot_rng,
                              block_length=cfg.block_length, periods=periods)
     check2 = timing_check(pos, bench, ret_next=ret, cost_rate=cost_rate, n_null=cfg.n_null, rng=null_rng,
@@ -528,7 +534,8 @@ def _verdict(
         info_ratio_ci=check1.ci, ci_level=cfg.ci_level, p_benchmark=check1.p_value, p_random=check2.p_value,
         dsr_active=None if dsr is None else float(dsr["dsr"]), pbo=None if pbo is None else pbo.pbo,
         n_trials=n_trials,
-        statement=_statement(subject, beats, label, check1, check2.p_value, cfg.level, t, k, dsr, pbo),
+        statement=_statement(subject, beats, label, check1, check2.p_value, cfg.level, t, k, dsr, pbo, notes,
+                             len(starts)),
         seeds=k, bars=t, folds=len(starts), block_length=check1.block_length, n_boot=cfg.n_boot, n_null=cfg.n_null,
         null_median_info_ratio=check2.null_median,
         agent_sharpe=float(np.mean([sharpe(x, periods) for x in r])), benchmark_sharpe=sharpe(bench, periods),
@@ -578,3 +585,144 @@ def sweep_verdict(
     return _verdict(agent_returns, agent_positions, benchmark_returns, ret_next=ret_next, cost_rate=cost_rate,
                     segments=segments, periods=periods, config=config, subject="The tuned agent",
                     search=(v - vb[:, None, None], winner, n_trials))
+
+
+def walk_forward_verdict(
+    agent_returns: np.ndarray, agent_positions: np.ndarray, benchmark_returns: np.ndarray, *, ret_next: np.ndarray,
+    cost_rate: float, segments: Sequence[int], fold_verdicts: Sequence[Mapping[str, Any] | None] = (),
+    periods: int = PERIODS_PER_YEAR, config: VerdictConfig | None = None, tuned: bool = False,
+) -> Verdict:
+    """The verdict of walk-forward folds: checks 1 and 2 on their stitched test series, each fold's check 3 kept.
+
+    The test arguments are those of :func:`single_run_verdict` over the stitched bars, ``segments`` the first bar of
+    each fold. ``fold_verdicts`` are the folds' own verdicts (:meth:`Verdict.to_dict`; None for a fold without one):
+    check 3 ran on each fold's validation split, where its selection happened, so the stitched verdict's
+    ``dsr_active``, ``pbo`` and ``n_trials`` are None, and every fold whose deflated Sharpe is below
+    :data:`DSR_WARN` or whose PBO is at least :data:`PBO_WARN` adds a warning to the statement.
+    """
+    notes = []
+    for i, fv in enumerate(fold_verdicts):
+        if not fv:
+            continue
+        if fv.get("dsr_active") is not None and fv["dsr_active"] < DSR_WARN:
+            notes.append(f"fold {i}'s winner has a deflated Sharpe of its validation information ratio of "
+                         f"{fv['dsr_active']:.2f} (below {DSR_WARN}) as the best of {fv.get('n_trials')} trials")
+        if fv.get("pbo") is not None and fv["pbo"] >= PBO_WARN:
+            notes.append(f"fold {i}'s probability of backtest overfitting is {fv['pbo']:.2f} (at least {PBO_WARN})")
+    n = len(list(segments))
+    subject = f"The walk-forward {'tuned agents' if tuned else 'agent'} ({n} folds)"
+    return _verdict(agent_returns, agent_positions, benchmark_returns, ret_next=ret_next, cost_rate=cost_rate,
+                    segments=segments, periods=periods, config=config, subject=subject, search=None, notes=notes)
+
+
+# ------------------------------------------------------------------------------ from records, and how it is shown
+
+
+class SearchRecord(NamedTuple):
+    """Check 3's inputs: every trial's validation returns, the benchmark's over the same bars, and the winner."""
+
+    val_returns: np.ndarray  # (T_val, N, K): one column per trial (stopped early included), one layer per seed
+    val_benchmark_returns: np.ndarray  # (T_val,)
+    winner: int  # the selected column
+    n_trials: int  # N of the deflated Sharpe: every configuration and checkpoint the selection chose among
+
+
+def record_verdict(
+    rec: EvalRecord, config: VerdictConfig, *, periods: int, search: SearchRecord | None = None,
+    fold_verdicts: Sequence[Mapping[str, Any] | None] | None = None, tuned: bool = False,
+) -> Verdict:
+    """The verdict of a saved test record (:mod:`dqlray.record`): the one entry point of runs, sweeps and folds.
+
+    A record of one split gets :func:`single_run_verdict`, or :func:`sweep_verdict` with ``search``; a stitched
+    record (several segments, or ``fold_verdicts`` given) gets :func:`walk_forward_verdict` with the folds' own
+    verdicts (``tuned``: each fold's agent is a sweep's winner). The benchmark is the baseline
+    ``config.benchmark`` of the record.
+    """
+    if config.benchmark not in rec.policies:
+        raise DqlrayError(f"verdict.benchmark={config.benchmark!r} is not among the evaluated baselines "
+                          f"({', '.join(n for n in rec.policies if n != 'agent')})")
+    agent = rec.policies["agent"]
+    bench = rec.policies[config.benchmark].returns[0]
+    kw = dict(ret_next=rec.ret_next, cost_rate=rec.cost_rate, periods=periods, config=config)
+    if len(rec.segments) > 1 or fold_verdicts is not None:
+        return walk_forward_verdict(agent.returns, agent.positions, bench, segments=rec.segments,
+                                    fold_verdicts=fold_verdicts or (), tuned=tuned, **kw)
+    if search is None:
+        return single_run_verdict(agent.returns, agent.positions, bench, **kw)
+    return sweep_verdict(agent.returns, agent.positions, bench, val_returns=search.val_returns,
+                         val_benchmark_returns=search.val_benchmark_returns, winner=search.winner,
+                         n_trials=search.n_trials, **kw)
+
+
+SEARCH_KEYS = ("dsr_active", "pbo", "n_trials", "val_info_ratio", "expected_max_info_ratio", "pbo_logit_median",
+               "pbo_splits")
+"""Fields of the search check (check 3), which a single run's ``eval.json`` leaves out (issue 11)."""
+
+
+def run_dict(v: Verdict) -> dict[str, Any]:
+    """The verdict of a single run as ``eval.json`` stores it: :meth:`Verdict.to_dict` without the search fields."""
+    return {k: val for k, val in v.to_dict().items() if k not in SEARCH_KEYS}
+
+
+def verdict_figures(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict's numbers with their labels (Telegram, terminal, reports): the same wording everywhere.
+
+    ``d`` is a verdict as stored (:meth:`Verdict.to_dict` or :func:`run_dict`). Values are numbers or short text.
+    """
+    bench = benchmark_label(str(d.get("benchmark", "buy_and_hold")))
+    lo, hi = (list(d.get("info_ratio_ci") or [None, None]) + [None, None])[:2]
+    out: dict[str, Any] = {
+        f"beats {bench}": "yes" if d.get("beats_benchmark") else "no",
+        "information ratio": d.get("info_ratio"),
+        f"{_pct(d.get('ci_level'))} CI": f"{_ir(lo)} to {_ir(hi)}",
+        f"p vs {bench}": d.get("p_benchmark"),
+        "p vs random timing": d.get("p_random"),
+        "level": d.get("level"),
+    }
+    if d.get("dsr_active") is not None:
+        out[f"deflated Sharpe of the validation IR ({d.get('n_trials')} trials)"] = d["dsr_active"]
+    if d.get("pbo") is not None:
+        out["probability of backtest overfitting"] = d["pbo"]
+    return out
+
+
+def verdict_lines(d: Mapping[str, Any]) -> list[str]:
+    """The verdict in the terminal: the statement, then its figures on one line."""
+    figs = "; ".join(f"{k} {v if isinstance(v, str) else _ir(v) if k == 'information ratio' else _num(v)}"
+                     for k, v in verdict_figures(d).items())
+    return [f"Verdict: {d.get('statement', '')}", f"  ({figs})"]
+
+
+def _num(v: Any) -> str:
+    f = finite_or_none(v)
+    return "n/a" if f is None else f"{f:.3f}"
+
+
+def _ir(v: Any) -> str:
+    f = finite_or_none(v)
+    return "n/a" if f is None else f"{f:+.2f}"
+
+
+def _pct(v: Any) -> str:
+    f = finite_or_none(v)
+    return "" if f is None else f"{f:.0%}"
+
+
+def zero_null_dsr_text(dsr: Mapping[str, Any]) -> str:
+    """The old zero-null deflated Sharpe (``summary.json``'s ``deflated_sharpe``), labelled as what it is."""
+    return (f"deflated Sharpe ratio against a Sharpe of zero {_num(dsr.get('dsr'))} (test Sharpe "
+            f"{_ir(dsr.get('sharpe'))} per seed against {_ir(dsr.get('sr0'))} expected from the best of "
+            f"{dsr.get('n_trials')} unskilled trials). Its null is a Sharpe of 0, which a drifting market clears "
+            "without skill; the verdict measures skill against the benchmark.")
+
+
+def message_parts(evaluation: Mapping[str, Any], verdict: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a completion message (:mod:`dqlray.notify`) shows of a test result besides the agent's metrics:
+    buy-and-hold's and the benchmark's metrics, the verdict's statement and its figures (:func:`verdict_figures`)."""
+    base = evaluation.get("baselines", {})
+    baselines = {"buy&hold": base.get("buy_and_hold", {})}
+    bench = (verdict or {}).get("benchmark")
+    if bench and bench != "buy_and_hold" and bench in base:
+        baselines[benchmark_label(bench)] = base[bench]
+    return {"baselines": baselines, "statement": (verdict or {}).get("statement", ""),
+            "figures": verdict_figures(verdict) if verdict else None}

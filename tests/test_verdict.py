@@ -224,7 +224,7 @@ def test_same_seed_same_verdict_and_json():
     b = V.single_run_verdict(agent.returns, agent.positions, bench, ret_next=ret, cost_rate=COST, config=FAST)
     assert a == b
     c = V.single_run_verdict(agent.returns, agent.positions, bench, ret_next=ret, cost_rate=COST,
-                             config=VerdictConfig(n_boot=499, n_null=499, seed=1))
+                             config=VerdictConfig(n_boot=499, n_null=499, resample_seed=1))
     assert (c.p_benchmark, c.p_random) != (a.p_benchmark, a.p_random) and c.info_ratio == a.info_ratio
     d = json.loads(json.dumps(a.to_dict()))
     for key in ("benchmark", "beats_benchmark", "info_ratio", "info_ratio_ci", "p_benchmark", "p_random",

@@ -1,8 +1,9 @@
 """The sweep driver behind ``tune_main.py``: Ray Tune with ASHA and Optuna, resumable, honest about the winner.
 
 Trials are scored on the validation split only. When the sweep is complete, the best trial's checkpoint is evaluated
-once on the untouched test split (every seed, next to every baseline) with the Deflated Sharpe Ratio over the number
-of trials actually tried; a completed experiment is never re-evaluated on test.
+once on the untouched test split (every seed, next to every baseline) and gets its verdict against the benchmark
+(:mod:`dqlray.verdict`; the search check uses every trial's validation returns); a completed experiment is never
+re-evaluated on test.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dqlray.cli import EXIT_RESUMABLE
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
 from dqlray.lock import hold_folder
-from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
+from dqlray.metrics import deflated_sharpe, finite_or_none
 from dqlray.notify import SweepNotifier, get_notifier
 from dqlray.parts import build_market
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
@@ -44,7 +45,15 @@ from dqlray.tuning.space import (
     tune_space,
 )
 from dqlray.tuning.trainable import dqn_trainable
-from dqlray.workflow import evaluate_all, format_metrics_table, learner_from_checkpoint, save_curves
+from dqlray.tuning.validation import search_record
+from dqlray.verdict import message_parts, verdict_lines, zero_null_dsr_text
+from dqlray.workflow import (
+    evaluate_all,
+    format_metrics_table,
+    learner_from_checkpoint,
+    record_test_verdict,
+    save_curves,
+)
 
 TIME_ATTR = "episodes"  # the same in every trial: one episode = the same number of env steps per seed
 
@@ -236,8 +245,12 @@ def _best_trial(analysis_dir: Path, df: pd.DataFrame, max_t: int, metric: str) -
     raise DqlrayError(f"{analysis_dir}: no finished trial has a checkpoint to evaluate")
 
 
-def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]:
-    """Tables, the one test evaluation of the winner with the deflated Sharpe, and the best config YAML."""
+def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print, *, n_candidates: int | None = None) -> dict[str, Any]:
+    """Tables, the one test evaluation of the winner with its verdict, and the best config YAML.
+
+    ``n_candidates``: N of the verdict's deflated Sharpe, every configuration and checkpoint the selection chose
+    among (default: the trials with a validation score).
+    """
     sf = run.sweep_file
     exp = experiment_dir(run)
     max_t = sf.base.train.episodes
@@ -263,6 +276,9 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     evaluation, curves = evaluate_all(learner, market, cfg, "test")
     save_curves(exp, curves, "test")
     tried = df[df[metric].notna()]
+    search = search_record(exp, [str(t) for t in tried["trial_id"]], best_id, market, cfg,
+                           n_candidates or len(tried))
+    verdict = record_test_verdict(exp, curves, market, cfg, search)
     dsr = deflated_sharpe_of_winner(curves["agent"].returns, tried["val_sharpe"].to_numpy(dtype=float),
                                     cfg.train.periods_per_year)
     best_cfg = cfg.replace({"train": {"experiment_name": f"{run.experiment_name}_best", "keep_checkpoints": 3}})
@@ -282,6 +298,7 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         "best_params": params,
         "best_val": {k: finite_or_none(best_row[k]) for k in ("val_sharpe", "val_sharpe_std", "val_return")},
         "test": evaluation,
+        "verdict": verdict.to_dict(),
         "deflated_sharpe": dsr,
         "data_file": cfg.data.data_file,
         "data_hash": data_hash(data),
@@ -292,9 +309,13 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     out(f"\nBest trial {best_id} (validation {metric} {summary['best_val']['val_sharpe']:.3f}); "
         f"test split, evaluated once, costs {evaluation['costs_bps']:.1f} bps:")
     out(format_metrics_table(evaluation))
-    out(f"\nDeflated Sharpe Ratio: {dsr['dsr']:.3f} (mean over seeds, weakest seed {dsr['dsr_min']:.3f}; best of "
-        f"{dsr['n_trials']} trials; test Sharpe {dsr['sharpe']:.2f} per seed against {dsr['sr0']:.2f} expected from "
-        f"the best of {dsr['n_trials']} unskilled trials). {interpret_dsr(dsr['dsr'])}")
+    out("")
+    for line in verdict_lines(summary["verdict"]):
+        out(line)
+    if search is None:
+        out("  (no validation returns of the trials were kept: check 3, the deflated Sharpe of the validation "
+            "information ratio and the PBO, is left out)")
+    out(f"Detail, not the verdict: {zero_null_dsr_text(dsr)}")
     out(f"Best config: {exp / 'best_config.yaml'}")
     return summary
 
@@ -311,6 +332,7 @@ def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarra
     """
     per_seed = [deflated_sharpe(r, trial_sharpes, periods=periods) for r in seed_returns]
     return {
+        "null": "a Sharpe ratio of zero, not the benchmark: a detail, not the verdict (issue 11)",
         "dsr": float(np.mean([d["dsr"] for d in per_seed])),
         "dsr_min": float(np.min([d["dsr"] for d in per_seed])),
         "dsr_per_seed": [d["dsr"] for d in per_seed],
@@ -416,12 +438,13 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         summary = finish_sweep(run, data, out)
         report_png = _sweep_report(exp, out)
         if "test" in summary:
-            dsr = summary["deflated_sharpe"]
+            # the deflated Sharpe shown is the verdict's (of the validation IR, among its figures), not the zero-null
+            # detail, whose message line would read as a claim of skill (issue 11)
             sweep_notifier.finished(
                 best_config=summary["best_params"],
                 test_metrics={k: v["mean"] for k, v in summary["test"]["agent"]["summary"].items()},
-                baselines={"buy&hold": summary["test"]["baselines"]["buy_and_hold"]},
-                deflated_sharpe=dsr["dsr"], n_trials=dsr["n_trials"], image_path=report_png)
+                deflated_sharpe=None, n_trials=summary["n_trials"], image_path=report_png,
+                **message_parts(summary["test"], summary.get("verdict")))
         return 0
     except BaseException as e:
         if not isinstance(e, (DqlrayError, KeyboardInterrupt)):

@@ -3,6 +3,7 @@
 Price data arrive once through ``tune.with_parameters`` (stored in the object store, not pickled into every trial's
 config). Each episode's metrics are reported with ``tune.report``; checkpoints ride along on the episodes where the
 trainer writes one, and a restarted trial (after a crash, or a resumed sweep) continues from ``tune.get_checkpoint()``.
+Each validation evaluation's per-bar returns go to the trial's folder (:mod:`dqlray.tuning.validation`).
 The function keeps no state between calls, so Tune can reuse its actor for the next trial.
 """
 
@@ -19,6 +20,7 @@ from dqlray.data import OHLCV
 from dqlray.runinfo import free_bytes, short_of_space
 from dqlray.trainer import train
 from dqlray.tuning.space import trial_config
+from dqlray.tuning.validation import save_validation_returns
 
 
 def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig) -> None:
@@ -43,7 +45,10 @@ def dqn_trainable(params: dict[str, Any], *, data: OHLCV, base: ExperimentConfig
             else:
                 tune.report(clean)
 
-        train(cfg, data, report=report, checkpoint_dir=work / "checkpoints", resume_from=resume_from, progress=False)
+        # Every evaluation's returns go to the trial's folder on the storage (issue 11: the verdict's check 3).
+        trial_dir = tune.get_context().get_storage().trial_fs_path
+        train(cfg, data, report=report, checkpoint_dir=work / "checkpoints", resume_from=resume_from, progress=False,
+              on_validation=lambda result: save_validation_returns(trial_dir, result))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
