@@ -33,7 +33,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -42,7 +42,9 @@ from dqlray.env import apply_positions
 from dqlray.errors import DqlrayError
 from dqlray.market import Market
 from dqlray.metrics import PERIODS_PER_YEAR, deflated_sharpe, finite_or_none, sharpe
-from dqlray.record import EvalRecord
+
+if TYPE_CHECKING:
+    from dqlray.record import EvalRecord
 
 DSR_WARN = 0.95
 """Below this deflated Sharpe of the winner's validation IR the statement warns (issue 11)."""
@@ -600,17 +602,19 @@ def walk_forward_verdict(
     ``dsr_active``, ``pbo`` and ``n_trials`` are None, and every fold whose deflated Sharpe is below
     :data:`DSR_WARN` or whose PBO is at least :data:`PBO_WARN` adds a warning to the statement.
     """
+    low_dsr = [f"{i} ({fv['dsr_active']:.2f})" for i, fv in enumerate(fold_verdicts)
+               if fv and fv.get("dsr_active") is not None and fv["dsr_active"] < DSR_WARN]
+    high_pbo = [f"{i} ({fv['pbo']:.2f})" for i, fv in enumerate(fold_verdicts)
+                if fv and fv.get("pbo") is not None and fv["pbo"] >= PBO_WARN]
     notes = []
-    for i, fv in enumerate(fold_verdicts):
-        if not fv:
-            continue
-        if fv.get("dsr_active") is not None and fv["dsr_active"] < DSR_WARN:
-            notes.append(f"fold {i}'s winner has a deflated Sharpe of its validation information ratio of "
-                         f"{fv['dsr_active']:.2f} (below {DSR_WARN}) as the best of {fv.get('n_trials')} trials")
-        if fv.get("pbo") is not None and fv["pbo"] >= PBO_WARN:
-            notes.append(f"fold {i}'s probability of backtest overfitting is {fv['pbo']:.2f} (at least {PBO_WARN})")
+    if low_dsr:
+        notes.append(f"the deflated Sharpe of the winner's validation information ratio is below {DSR_WARN} in "
+                     f"fold{'s' if len(low_dsr) > 1 else ''} {', '.join(low_dsr)}")
+    if high_pbo:
+        notes.append(f"the probability of backtest overfitting is at least {PBO_WARN} in "
+                     f"fold{'s' if len(high_pbo) > 1 else ''} {', '.join(high_pbo)}")
     n = len(list(segments))
-    subject = f"The walk-forward {'tuned agents' if tuned else 'agent'} ({n} folds)"
+    subject = f"The walk-forward agent ({n} folds{', each tuned on its own past' if tuned else ''})"
     return _verdict(agent_returns, agent_positions, benchmark_returns, ret_next=ret_next, cost_rate=cost_rate,
                     segments=segments, periods=periods, config=config, subject=subject, search=None, notes=notes)
 
@@ -726,3 +730,13 @@ def message_parts(evaluation: Mapping[str, Any], verdict: Mapping[str, Any] | No
         baselines[benchmark_label(bench)] = base[bench]
     return {"baselines": baselines, "statement": (verdict or {}).get("statement", ""),
             "figures": verdict_figures(verdict) if verdict else None}
+
+
+def verdict_cells(v: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The verdict's columns of a table of experiments (``dqlray consolidate``, ``dqlray compare``)."""
+    v = v or {}
+    verdict = None
+    if "beats_benchmark" in v:
+        verdict = ("beats " if v["beats_benchmark"] else "does not beat ") + benchmark_label(str(v.get("benchmark")))
+    return {"verdict": verdict, "info_ratio": v.get("info_ratio"), "p_benchmark": v.get("p_benchmark"),
+            "p_random": v.get("p_random"), "dsr_active": v.get("dsr_active"), "pbo": v.get("pbo")}

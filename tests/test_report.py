@@ -397,13 +397,15 @@ def test_sweep_report(folders, sweep_report):
                 assert got == v, (k, got, v)
     best = [r for r in page.rows["trials"] if "best" in r.get("class", "")]
     assert [b["data-row"] for b in best] == [summary["best_trial"]]
-    # the deflated Sharpe ratio, with its sentence
-    dsr = {c["data-key"]: c["text"] for c in page.cells if c["table"] == "dsr"}
-    assert float(dsr["deflated Sharpe ratio"]) == pytest.approx(summary["deflated_sharpe"]["dsr"], abs=5e-4)
-    assert int(dsr["trials N"]) == summary["deflated_sharpe"]["n_trials"]
-    from dqlray.tuning.sweep import interpret_dsr
+    # the verdict: the statement of summary.json, its figures with the same labels as everywhere (issue 11)
+    v = summary["verdict"]
+    assert any(v["statement"] in text for _, text in page.notes)
+    from dqlray.verdict import benchmark_label
 
-    assert dsr["meaning"] == interpret_dsr(summary["deflated_sharpe"]["dsr"])
+    got = {c["data-key"]: c["text"] for c in page.cells if c["table"] == "verdict"}
+    assert got[f"beats {benchmark_label(v['benchmark'])}"] == ("yes" if v["beats_benchmark"] else "no")
+    assert float(got["p vs random timing"]) == pytest.approx(v["p_random"], abs=5e-4)
+    assert "more likely skilled" not in sweep_report.html.read_text()
     # importance: one row per searched parameter that varied, shares summing to 1, saved as CSV
     imp = pd.read_csv(sweep_report.tables["importance"])
     assert set(imp["param"]) <= set(SWEEP["search"]) and abs(imp["importance"].sum() - 1) < 1e-9

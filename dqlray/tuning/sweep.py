@@ -68,6 +68,10 @@ class SweepRun:
     address: str | None = None
     resume: bool = False
     dashboard: bool = True
+    title: str | None = None
+    """The name in notifications (default ``experiment_name``; a walk-forward fold: ``<experiment>/fold_<i>``)."""
+    resume_command: str | None = None
+    """The command printed to resume a stopped sweep (default: ``tune_main.py --resume`` of this experiment)."""
 
 
 def experiment_dir(run: SweepRun) -> Path:
@@ -399,12 +403,12 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
                 "data_hash": data_hash(data), "expected_trials": expected_trials(sf), "git_commit": git_commit(),
                 "versions": package_versions()}
     notifier = get_notifier()  # the process's one notifier, shared with the dashboard callback (issue 15)
-    sweep_notifier = SweepNotifier(notifier, run.experiment_name)
+    sweep_notifier = SweepNotifier(notifier, run.title or run.experiment_name)
     cluster = _init_ray(run, out, local)
     _stop_on_sigterm()
     try:
         callbacks = [TelegramTuneCallback(
-            experiment=run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
+            experiment=run.title or run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
             num_samples=expected_trials(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
         callbacks.append(RoomWatch(str(exp), room.reserve))
         tuner, wrapped = _build_tuner(run, data, cluster, callbacks, trainable or dqn_trainable)
@@ -426,8 +430,8 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         trials = ExperimentAnalysis(str(exp.resolve())).trials
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         if unfinished or len(trials) < expected_trials(sf):
-            resume_cmd = (f"python tune_main.py --resume --experiment-name {run.experiment_name} "
-                          f"--storage-path {run.storage_path}")
+            resume_cmd = run.resume_command or (f"python tune_main.py --resume --experiment-name "
+                                                f"{run.experiment_name} --storage-path {run.storage_path}")
             room.raise_if_short(exp, "the next checkpoints", None,
                                 f"; the sweep stopped with its state saved after {len(trials) - len(unfinished)} of "
                                 f"{expected_trials(sf)} trials: free some space, then resume with: {resume_cmd}")
