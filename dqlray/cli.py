@@ -216,9 +216,22 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     """Write a synthetic OHLCV file."""
     from dqlray.data import save_ohlcv, synth_market
 
-    data = synth_market(args.bars, seed=args.seed, ar=args.ar, start=args.start, freq=args.freq)
+    if args.edge is None:
+        if args.strength is not None:
+            raise ConfigError("--strength needs --edge (the kind of edge to plant)")
+        data = synth_market(args.bars, seed=args.seed, ar=args.ar, start=args.start, freq=args.freq)
+        what = f"ar {args.ar}"
+    else:
+        from dqlray.planted import DEFAULT_STRENGTH, Edge, planted_market
+
+        if args.ar != 0.0:
+            raise ConfigError("--ar belongs to the regime/GARCH market; with --edge use --strength")
+        strength = DEFAULT_STRENGTH.get(args.edge, 0.0) if args.strength is None else args.strength
+        data = planted_market(args.bars, Edge(kind=args.edge, strength=strength), seed=args.seed, start=args.start,
+                              freq=args.freq)
+        what = f"edge {args.edge}, strength {strength:g}"
     save_ohlcv(data, args.out)
-    print(f"wrote {args.out}: {len(data)} bars, seed {args.seed}, ar {args.ar}")
+    print(f"wrote {args.out}: {len(data)} bars, seed {args.seed}, {what}")
     return 0
 
 
@@ -272,7 +285,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     print(f"Baselines on the {args.part} split of {config.data.data_file} (costs {ec.fee_bps + ec.slippage_bps} bps)")
     print(header)
     print("-" * len(header))
-    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
+    for name, pol in make_baselines(market, ec, seed=config.train.seed).items():
         m = evaluate_policy(pol, market, part=args.part, env=ec, name=name,
                             periods=config.train.periods_per_year).metrics[0]
         print(f"{name:<16}" + "".join(f"{_fmt(m[k], k):>14}" for k in HEADLINE))
@@ -301,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bars", type=int, default=2000)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--ar", type=float, default=0.0, help="plant AR(1) autocorrelation of returns (learnable)")
+    sp.add_argument("--edge", choices=("linear", "trend", "interaction", "iid", "shuffled"), default=None,
+                    help="instead: a market with a known planted edge (linear one-bar, 20-bar trend, or momentum "
+                         "when calm / reversion when turbulent), or a null market (iid, shuffled days)")
+    sp.add_argument("--strength", type=float, default=None, help="strength of the planted edge (default per edge)")
     sp.add_argument("--start", default="2000-01-03")
     sp.add_argument("--freq", default="B", help="pandas frequency: B (business days), h, 5min, ...")
     sp.add_argument("--out", required=True)

@@ -55,7 +55,8 @@ FLAT = 0.0
 _SD_EPS = 1e-12  # a per-bar sd below this is rounding noise (e.g. agent == benchmark): the IR is 0, not noise/noise
 _CHUNK_VALUES = 2_000_000  # floats per chunk of null policies or PBO splits: bounded memory, still vectorised
 _DISPLAY = {"buy_and_hold": "buy-and-hold", "always_flat": "always-flat", "ma_crossover": "the MA crossover",
-            "momentum": "momentum", "mean_reversion": "mean reversion", "random": "the random policy"}
+            "momentum": "momentum", "mean_reversion": "mean reversion", "random": "the random policy",
+            "linear_probe": "the linear probe"}
 
 
 # ----------------------------------------------------------------------------------------------- the statistic

@@ -109,7 +109,7 @@ def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, 
     kw = dict(env=ec, periods=config.train.periods_per_year)
     results = {"agent": evaluate_policy(GreedyPolicy(learner), market, part=part, n_envs=learner.k, name="agent",
                                         **kw)}
-    for name, pol in make_baselines(market, ec.positions, seed=config.train.seed).items():
+    for name, pol in make_baselines(market, ec, seed=config.train.seed).items():
         results[name] = evaluate_policy(pol, market, part=part, name=name, **kw)
     return evaluation_dict(results, config, part, list(market.part(part))), results
 

@@ -38,6 +38,7 @@ def test_train_single_writes_a_reproducible_run_folder(tmp_path):
     assert [int(r["episodes"]) for r in rows] == [1, 2, 3]
     ev = json.loads((rd / "eval.json").read_text())
     assert ev["part"] == "test" and len(ev["agent"]["per_seed"]) == 2 and "momentum" in ev["baselines"]
+    assert "linear_probe" in ev["baselines"] and "linear_probe" in proc.stdout  # issue 12: a baseline everywhere
     header = (rd / "equity_test.csv").read_text().splitlines()[0]
     assert header.startswith("date,agent_seed0,agent_seed1,agent_mean,buy_and_hold")
     again = run(["train_single.py", "--episodes", "3", "--experiment_name", "hp_lr0.001_g0.99",

@@ -251,6 +251,7 @@ def test_format_numbers():
     assert fmt(58.25, "int") == "58" and fmt(float("nan"), "ratio") == "–" and fmt(None, "pct") == "–"
     assert fmt_sd(0.0702, "pct") == "± 7.0" and fmt_sd(None, "ratio") == ""
     assert fmt("True", "bool") == "yes" and pretty_name("buy_and_hold") == "buy & hold"
+    assert pretty_name("linear_probe") == "linear probe"
     assert metric_label("val_sharpe") == "validation Sharpe"
 
 

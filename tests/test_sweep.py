@@ -95,6 +95,7 @@ def test_sweep_asha_retry_and_results(tmp_path):
     assert vm.returns.shape[1:] == (8, 1) and vm.missing == [] and vm.returns.shape[0] > 300
     assert f"Verdict: {v['statement']}" in proc.stdout and "more likely skilled" not in proc.stdout
     assert "Detail, not the verdict: deflated Sharpe ratio against a Sharpe of zero" in proc.stdout
+    assert "linear_probe" in summary["test"]["baselines"]
     best = yaml.safe_load((exp / "best_config.yaml").read_text())
     assert best["agent"]["learning_rate"] == pytest.approx(summary["best_params"]["agent.learning_rate"])
     # the best config is accepted by the single-run command

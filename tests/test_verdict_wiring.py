@@ -111,7 +111,7 @@ def test_planted_edge_record_beats_buy_and_hold():
     results = {"agent": evaluate_policy(FollowLastBar(m), m, part="test", env=cfg.env, name="agent")}
     from dqlray.baselines import make_baselines
 
-    for name, pol in make_baselines(m, "long_flat").items():
+    for name, pol in make_baselines(m, cfg.env).items():
         results[name] = evaluate_policy(pol, m, part="test", env=cfg.env, name=name)
     rec = record_of(results, m, cfg.env.cost_rate)
     v = record_verdict(rec, cfg.verdict, periods=252)
@@ -204,7 +204,7 @@ def test_stitched_record_keeps_bars_segments_and_roundtrips(tmp_path):
     for fold in (0, 1):
         m = build_market(cfg.replace({"data": {"fold": fold}}), data)
         res = {n: evaluate_policy(p, m, part="test", env=cfg.env, name=n)
-               for n, p in make_baselines(m, "long_flat").items()}
+               for n, p in make_baselines(m, cfg.env).items()}
         res = {"agent": res["momentum"], **res}
         recs.append(record_of(res, m, cfg.env.cost_rate))
     rec = stitch(recs)

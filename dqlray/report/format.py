@@ -36,6 +36,7 @@ METRICS: dict[str, MetricSpec] = {
 POLICY_NAMES = {
     "agent": "agent", "agent_mean": "agent (mean)", "buy_and_hold": "buy & hold", "always_flat": "always flat",
     "ma_crossover": "MA crossover", "momentum": "momentum", "mean_reversion": "mean reversion", "random": "random",
+    "linear_probe": "linear probe",
 }
 
 

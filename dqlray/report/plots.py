@@ -24,7 +24,7 @@ AGENT = "#1f4e9c"
 SEED = "#93b4e0"
 BASELINE_COLORS = {
     "buy_and_hold": "#2b2b2b", "always_flat": "#a0a0a0", "ma_crossover": "#e07b00", "momentum": "#2e8b57",
-    "mean_reversion": "#8e44ad", "random": "#8d6e63",
+    "mean_reversion": "#8e44ad", "random": "#8d6e63", "linear_probe": "#00798c",
 }
 BASELINE_STYLES = {"buy_and_hold": (0, (5, 2)), "always_flat": ":", "random": "-."}
 PALETTE = ["#1f4e9c", "#d1495b", "#2e8b57", "#e07b00", "#8e44ad", "#00798c", "#b8860b", "#6c757d", "#c2185b",

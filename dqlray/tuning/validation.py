@@ -106,7 +106,7 @@ def search_record(exp_dir: str | Path, trial_ids: Sequence[str], winner: str, ma
     vm = validation_matrix(exp_dir, trial_ids)
     if str(winner) not in vm.trial_ids:
         return None
-    bench = make_baselines(market, config.env.positions, seed=config.train.seed)[config.verdict.benchmark]
+    bench = make_baselines(market, config.env, seed=config.train.seed)[config.verdict.benchmark]
     res = evaluate_policy(bench, market, part="val", env=config.env, name=config.verdict.benchmark,
                           periods=config.train.periods_per_year)
     n = max(len(trial_ids), len(vm.trial_ids)) if n_trials is None else n_trials

@@ -1,0 +1,40 @@
+"""The pieces of bench/power.py that decide its figures (issue 12): markets, pool sampling, regret, variants."""
+
+import math
+
+import numpy as np
+
+from bench.power import _parse_variants, market_specs, regret, sample_pool
+from dqlray.tuning.space import parse_sweep_file, trial_config
+
+
+def test_regret_is_normalised_by_the_pool_spread():
+    pool = np.array([0.0, 0.2, 0.4, 1.0, 0.6])  # oracle 1.0, median 0.4
+    assert regret(pool, 1.0) == 0.0
+    assert regret(pool, 0.4) == 1.0
+    assert math.isclose(regret(pool, 0.94), 0.1)
+    assert regret(pool, 1.3) < 0  # a pick outside the pool can beat its oracle
+    assert math.isnan(regret(np.array([0.5, 0.5, 0.5]), 0.5))
+
+
+def test_markets_dev_and_report_do_not_overlap():
+    dev, rep = market_specs("dev", False), market_specs("report", False)
+    assert {(m.kind, m.seed) for m in dev}.isdisjoint({(m.kind, m.seed) for m in rep})
+    assert {m.kind for m in rep if m.planted} == {"linear", "trend", "interaction"}
+    assert sum(m.planted for m in rep) == 9 and sum(not m.planted for m in rep) == 4
+    quick = market_specs("report", True)
+    assert [m.kind for m in quick] == ["linear", "trend", "interaction", "iid"]
+
+
+def test_pool_is_seeded_and_its_quick_form_is_a_prefix():
+    sf = parse_sweep_file("configs/sweep.yaml")
+    a, b = sample_pool(sf, 27, 0), sample_pool(sf, 9, 0)
+    assert a[:9] == b and a != sample_pool(sf, 27, 1)
+    assert set(a[0]) == set(sf.search)
+    for params in a:  # every draw is a valid trial config
+        trial_config(sf.base, params)
+
+
+def test_variants_parse_lists_inside_brackets():
+    assert _parse_variants("agent.gamma=0,agent.hidden=[16, 16]; agent.learning_rate=1e-3;") == [
+        {"agent.gamma": 0, "agent.hidden": [16, 16]}, {"agent.learning_rate": 1e-3}]
