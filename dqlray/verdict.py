@@ -4,10 +4,11 @@ Skill is measured on **active returns** ``a_t = r_agent,t - r_benchmark,t`` (bot
 bars) with the **information ratio** ``IR = mean(a) / sd(a, ddof=1) * sqrt(periods)``, computed per seed and then
 averaged over the K seeds (the way trials are ranked). Three checks:
 
-1. Against the benchmark (test split): :func:`benchmark_check`, a one-sided p-value and a confidence interval for
-   the IR from the stationary bootstrap (Politis and Romano 1994, ``arch.bootstrap.StationaryBootstrap``), which
-   keeps serial dependence within blocks. The K seeds are resampled jointly (the same time indices for all: they
-   trade one market), so the seed-averaged IR is bootstrapped as a whole.
+1. Against the benchmark (test split): :func:`benchmark_check`, a confidence interval for the IR from the
+   stationary bootstrap (Politis and Romano 1994, ``arch.bootstrap.StationaryBootstrap``), which keeps serial
+   dependence within blocks, and a one-sided p-value from Hansen's (2005) SPA test on the same bootstrap
+   (``arch.bootstrap.SPA``). The K seeds are resampled jointly (the same time indices for all: they trade one
+   market), so the seed-averaged IR is bootstrapped as a whole.
 2. Against luck with the same habits (test split): :func:`timing_check` ranks the agent's IR among null policies
    made by shuffling the agent's own position stretches in time (exposure and trade count match exactly), priced
    by the environment's own trade logic (:func:`dqlray.env.apply_positions`).
@@ -194,7 +195,7 @@ class BenchmarkCheck(NamedTuple):
     info_ratio: float  # annualised, mean over seeds
     ci: tuple[float, float]  # percentile bootstrap interval at ci_level
     ci_level: float
-    p_value: float  # one-sided, H1: IR > 0
+    p_value: float  # one-sided, H1: IR > 0 (Hansen's SPA on the seed-averaged active returns)
     block_length: float  # mean block length of the stationary bootstrap, in bars
     n_boot: int
 
@@ -234,35 +235,70 @@ def benchmark_check(
     active: np.ndarray, *, n_boot: int, ci_level: float, rng: np.random.Generator, block_length: float | None = None,
     periods: int = PERIODS_PER_YEAR,
 ) -> BenchmarkCheck:
-    """Bootstrap the seed-averaged information ratio of active returns ``(K, T)``.
+    """Check 1 on active returns ``(K, T)``: an interval for the seed-averaged information ratio and a p-value.
 
     ``arch.bootstrap.StationaryBootstrap`` resamples the bars (rows of the ``(T, K)`` matrix, so every seed gets the
     same time indices) with mean block length ``block_length`` (default: ``optimal_block_length`` of the
-    seed-averaged active series, kept in [1, T/4]).
+    seed-averaged active series, kept in [1, T/4]); the interval is the percentile interval of the resampled IR.
 
-    H0: IR <= 0 against H1: IR > 0 (the agent beats the benchmark). The p-value is the bootstrap probability that
-    the IR is at or below the null value, ``(1 + #{IR* <= 0}) / (1 + n_boot)``, and the interval is the matching
-    percentile interval ``[q_lo, q_hi]``: the p-value is at most ``(1 - ci_level) / 2`` exactly when the interval's
-    lower end is above 0 (up to the resolution of ``n_boot``). Why percentile and not the recentred statistic
-    (``#{IR* - IR >= IR}``): an agent that is long most of the time has sparse active returns (zero while both are
-    long), whose IR has a skewed sampling distribution; on such series, at a 5% level and zero true IR, the
-    recentred p-value rejected 11-17% of the time and the percentile p-value 5.5-6.8% (Student-t(4) returns, 400
-    series per case; dense and mostly-flat cases 4-7% for both). On real daily moves (S&P 500 returns drawn iid
-    from a zero-mean population, 390 bars, 1 or 4 seeds, 500 series per case) the percentile p-value rejected
-    5.6-7.0%: slightly liberal, which is one reason the verdict also requires check 2.
+    H0: IR <= 0 against H1: IR > 0 (the agent beats the benchmark), tested on the seeds' average active return
+    per bar (its mean has the sign of the IR) with Hansen's (2005) test of superior predictive ability for one model
+    against the benchmark (:func:`spa_p_value`). Why not the percentile p-value ``#{IR* <= 0}`` (used before, and still what the
+    interval shows): it was liberal on sparse active returns, those of an agent that is long most of the time (zero
+    while both are long). Measured at a 5% level and zero true IR, S&P 500 daily returns demeaned and drawn iid, 1,000
+    bars, random long/flat stretches (mean 5 bars) against buy-and-hold without costs: percentile 5.9% / 5.7% / 7.8%
+    and SPA 5.7% / 3.6% / 3.9% at 50% / 90% / 97% exposure (1,500 / 900 / 1,200 series; standard error about 0.6 to
+    0.8 points); on Student-t(4) returns (600 series) percentile 5.3% / 5.3% and SPA 5.3% / 2.7% at 50% / 97%. So the
+    interval and the p-value come from two constructions and can disagree near the level; the verdict uses the
+    p-value.
     """
     from arch.bootstrap import StationaryBootstrap
 
     a = _seeds(active, "active returns")
     scale = math.sqrt(periods)
     theta = float(_ir_per_bar(a).mean() * scale)
-    block = _block_length(a.mean(axis=0)) if block_length is None else float(block_length)
-    bs = StationaryBootstrap(block, a.T, seed=rng)
+    mean_active = a.mean(axis=0)
+    block = _block_length(mean_active) if block_length is None else float(block_length)
+    boot_rng, spa_rng = rng.spawn(2)
+    bs = StationaryBootstrap(block, a.T, seed=boot_rng)
     boot = bs.apply(lambda x: np.array([_ir_per_bar(x, axis=0).mean() * scale]), n_boot)[:, 0]
-    p = (1 + int(np.count_nonzero(boot <= 0))) / (1 + n_boot)
     lo_q, hi_q = np.quantile(boot, [(1 - ci_level) / 2, (1 + ci_level) / 2])
+    if mean_active.std() <= _SD_EPS:
+        p = 1.0  # no active return varies: the agent is the benchmark (or a constant offset from it)
+    else:
+        p = spa_p_value(mean_active, block_length=block, n_boot=n_boot, rng=spa_rng)
     return BenchmarkCheck(info_ratio=theta, ci=(float(lo_q), float(hi_q)), ci_level=ci_level, p_value=float(p),
                           block_length=block, n_boot=n_boot)
+
+
+def spa_p_value(d: np.ndarray, *, block_length: float, n_boot: int, rng: np.random.Generator) -> float:
+    """Hansen's (2005) SPA p-value of H0: E[d] <= 0 for one series ``d`` ``(T,)`` of differences (active returns).
+
+    What ``arch.bootstrap.SPA`` computes for one model against the benchmark (its ``consistent`` p-value) when the
+    sample mean is positive: the stationary bootstrap's means are recentred at the sample mean unless that mean is
+    below ``-sqrt(var / T * 2 ln ln T)`` (a clearly losing model is not recentred), with ``var`` the
+    stationary-bootstrap kernel estimate of the long-run variance; the statistic is Hansen's ``max(mean, 0)``, so a
+    mean at or below 0 has p = 1 (``arch`` leaves out the ``max`` and gives such a lone model about 1/2). Done here
+    for the one model also so that ties count against the agent and the p-value is ``(1 + k) / (1 + n_boot)``,
+    never 0 (``arch`` counts only resamples strictly above, which on sparse series with repeated values made it
+    smaller).
+    """
+    from arch.bootstrap import StationaryBootstrap
+
+    x = np.asarray(d, dtype=np.float64)
+    t = len(x)
+    mean = float(x.mean())
+    dm = x - mean
+    lags = np.arange(1, t)
+    q = 1.0 - 1.0 / block_length
+    kappa = (1.0 - lags / t) * q**lags + (lags / t) * q ** (t - lags)
+    acov = np.correlate(dm, dm, mode="full")[t:] / t  # lags 1 .. T-1
+    var = float(dm @ dm / t + 2.0 * np.sum(kappa * acov))
+    threshold = -math.sqrt(max(var, 0.0) / t * 2.0 * math.log(math.log(t))) if t > 2 else -math.inf
+    centre = mean if mean >= threshold else 0.0
+    boot = StationaryBootstrap(block_length, x, seed=rng).apply(lambda y: np.array([y.mean()]), n_boot)[:, 0]
+    stat = max(mean, 0.0)  # Hansen's max(., 0): a model no better than the benchmark has p = 1
+    return (1 + int(np.count_nonzero(np.maximum(boot - centre, 0.0) >= stat))) / (1 + n_boot)
 
 
 def timing_check(
@@ -423,7 +459,7 @@ class Verdict:
     info_ratio_ci: tuple[float, float]
     ci_level: float
     p_benchmark: float
-    """Check 1: one-sided stationary-bootstrap p-value of H0: IR <= 0."""
+    """Check 1: one-sided p-value of H0: IR <= 0 (Hansen's SPA test on a stationary bootstrap)."""
     p_random: float
     """Check 2: rank p-value among null policies with the agent's exposure and trades."""
     dsr_active: float | None
