@@ -136,22 +136,35 @@ def test_bootstrap_p_value_on_sparse_active_returns():
 
 
 def test_spa_p_value_matches_arch_and_hansens_recentring():
-    # One model against a zero benchmark, the same resamples (same seed): arch's SPA computes the same p-value, up
-    # to the (1 + k) / (1 + B) grid and ties (continuous data here: none).
-    from arch.bootstrap import SPA
+    # One model against a zero benchmark, on the same resamples (arch's own bootstrap, same seed): arch's SPA gives
+    # the same p-value, up to the (1 + k) / (1 + B) grid and ties (continuous data here: none).
+    from arch.bootstrap import SPA, StationaryBootstrap
 
     rng = np.random.default_rng(0)
     for drift in (0.0004, 0.0008, 0.002):
         d = rng.standard_t(4, 500) * 0.01 + drift
         assert d.mean() > 0
-        ours = V.spa_p_value(d, block_length=3.0, n_boot=4999, rng=np.random.default_rng(1))
+        means = StationaryBootstrap(3.0, d, seed=np.random.default_rng(1)).apply(lambda y: np.array([y.mean()]),
+                                                                                 4999)[:, 0]
         spa = SPA(np.zeros(500), -d[:, None], block_size=3.0, reps=4999, bootstrap="stationary", nested=False,
                   seed=np.random.default_rng(1))
         spa.compute()
+        ours = V.spa_p_value(d, means, block_length=3.0)
         assert ours == pytest.approx((1 + 4999 * float(spa.pvalues["consistent"])) / 5000, abs=1e-9)
     # Hansen's statistic is max(mean, 0): a model that does no better than the benchmark has p = 1 (arch: ~1/2).
-    assert V.spa_p_value(rng.normal(-0.003, 0.01, 500), block_length=1.0, n_boot=999,
-                         rng=np.random.default_rng(0)) == 1.0
+    d = rng.normal(-0.003, 0.01, 500)
+    assert V.spa_p_value(d, rng.normal(d.mean(), 0.0005, 999), block_length=1.0) == 1.0
+
+
+def test_stationary_indices_follow_the_scheme():
+    idx = V.stationary_indices(50, 4.0, 4000, np.random.default_rng(0))
+    assert idx.shape == (4000, 50) and idx.min() == 0 and idx.max() == 49
+    follows = idx[:, 1:] == (idx[:, :-1] + 1) % 50  # within a block the next bar follows (wrapping at the end)
+    # a new block starts with probability 1/4 at a uniform bar (which follows the previous one by chance: 1/50)
+    assert 1 - follows.mean() == pytest.approx(0.25 * 49 / 50, abs=0.01)
+    assert np.bincount(idx.ravel(), minlength=50) / idx.size == pytest.approx(np.full(50, 0.02), abs=0.002)
+    assert np.array_equal(V.stationary_indices(50, 4.0, 10, np.random.default_rng(3)),
+                          V.stationary_indices(50, 4.0, 10, np.random.default_rng(3)))
 
 
 def test_bootstrap_resamples_seeds_jointly_and_the_benchmark_cannot_beat_itself():
