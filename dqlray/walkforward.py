@@ -181,11 +181,12 @@ def run_walk_forward(
                 if stored.get("config", {}).get(s, {}).get(k) != v]
         return ", ".join(diff) or None
 
+    todo = folds_to_run(len(plan), only_fold)
     begin(exp, record, resume=resume, joining=only_fold is not None, same=same)
     if (exp / SUMMARY_FILE).exists():
         out(f"{exp}: every fold finished and was stitched before; see {exp / SUMMARY_FILE}")
         return WalkForwardOutcome(exp, json.loads((exp / SUMMARY_FILE).read_text()))
-    for i in folds_to_run(len(plan), only_fold):
+    for i in todo:
         fd = fold_dir(exp, i)
         if (fd / "eval.json").exists():
             out(f"Fold {i}: finished before, not run again")

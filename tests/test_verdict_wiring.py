@@ -5,6 +5,9 @@ validation returns read back through one function; walk-forward folds from the c
 import contextlib
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +244,21 @@ def test_a_walk_forward_file_of_5000_daily_bars_completes(tmp_path, capsys):
     assert all((tmp_path / "wf5k" / f"fold_{i}" / "eval.json").exists() for i in range(3))
     out = capsys.readouterr().out
     assert f"Verdict: {s['verdict']['statement']}" in out
+
+
+def test_fold_flag_needs_walk_forward_and_an_experiment_name(tmp_path, capsys):
+    assert main(["train", "--fold", "1", "--results_dir", str(tmp_path)]) == 2
+    assert "--fold 1: only with --walk-forward N" in capsys.readouterr().err
+    root = Path(__file__).resolve().parents[1]
+
+    def tune(*args):
+        return subprocess.run([sys.executable, str(root / "tune_main.py"), "--storage-path", str(tmp_path), *args],
+                              cwd=root, capture_output=True, text=True, timeout=120)
+
+    p = tune("--fold", "1", "--experiment-name", "x")
+    assert p.returncode == 2 and "--fold 1: only with --walk-forward N" in p.stderr
+    p = tune("--fold", "1", "--walk-forward", "3")
+    assert p.returncode == 2 and "--fold needs --experiment-name" in p.stderr
+    assert main(["train", "--walk-forward", "3", "--fold", "5", "--results_dir", str(tmp_path),
+                 "--experiment_name", "w"]) == 2
+    assert "--fold 5: the experiment has folds 0 .. 2" in capsys.readouterr().err

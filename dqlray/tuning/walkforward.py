@@ -76,13 +76,14 @@ def run_walk_forward_sweep(run: SweepRun, *, only_fold: int | None = None, out: 
         diff = sweep_difference(sweep_file_from_dict(stored, str(exp / WF_FILE)), sf)
         return None if diff is None else f"{diff[0]}: {diff[1]!r} was given, the experiment has {diff[2]!r}"
 
+    todo = folds_to_run(len(plan), only_fold)
     begin(exp, record, resume=run.resume, joining=only_fold is not None, same=same)
     if (exp / SUMMARY_FILE).exists():
         out(f"{exp}: every fold finished and was stitched before; see {exp / SUMMARY_FILE}")
         return 0
     resume_cmd = (f"python tune_main.py --resume --experiment-name {run.experiment_name} --storage-path "
                   f"{run.storage_path}" + (f" --fold {only_fold}" if only_fold is not None else ""))
-    for i in folds_to_run(len(plan), only_fold):
+    for i in todo:
         fexp = fold_dir(exp, i)
         if (fexp / SUMMARY_FILE).exists():
             out(f"Fold {i}: finished before, not run again")
