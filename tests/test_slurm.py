@@ -191,7 +191,7 @@ def test_walk_forward_sweep_in_one_job_and_as_an_array(slurm, tmp_path):
     """`--walk-forward 3` (issue 11): the folds one after another in one job, and as a SLURM array (one fold per
     task) whose final `--resume` job stitches them; no fold runs twice."""
     storage = tmp_path / "results"
-    small = ("--num-samples", "2", "--episodes", "3", "--num-seeds", "1", "--walk-forward", "3")
+    small = ("--num-samples", "2", "--episodes", "4", "--num-seeds", "1", "--walk-forward", "3")
     one = slurm.sbatch(*SMALL_JOB, f"--output={tmp_path}/%j.out", str(HEAD), "--storage-path", str(storage),
                        "--experiment-name", "wf1", *small)
     array = slurm.sbatch(*SMALL_JOB, "--array=0-2", f"--output={tmp_path}/%A_%a.out", str(HEAD),
