@@ -58,8 +58,13 @@ has_arg() {  # has_arg --some-flag: also --some_flag, --some-flag=VALUE
     return 1
 }
 # One experiment per job (tune_main.py refuses to start over an existing one), and a name the
-# follow-up job can resume.
-has_arg --experiment-name || args+=(--experiment-name "${SLURM_JOB_NAME:-dqlray}-$job")
+# follow-up job can resume. The tasks of an array share one (the array's job id).
+has_arg --experiment-name || args+=(--experiment-name "${SLURM_JOB_NAME:-dqlray}-${SLURM_ARRAY_JOB_ID:-$job}")
+# An array of walk-forward folds (sbatch --array=0-2 ... --walk-forward 3): each task runs the fold
+# of its index; a final --resume stitches them (docs/slurm.md).
+if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]] && has_arg --walk-forward && ! has_arg --fold; then
+    args+=(--fold "$SLURM_ARRAY_TASK_ID")
+fi
 
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head_node=${nodes[0]}

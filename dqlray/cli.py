@@ -8,6 +8,7 @@ SIGUSR1/SIGTERM saves a checkpoint and exits 75 (resume it with ``--resume``).
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "slippage_bps": ("env", "slippage_bps", float),
     "positions": ("env", "positions", str),
     "checkpoint_every": ("train", "checkpoint_every", int),
+    "benchmark": ("verdict", "benchmark", str),
+    "walk_forward": ("data", "walk_forward", int),
 }
 
 
@@ -71,6 +74,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="any other config field, e.g. --set agent.n_step=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--fold", type=int, default=None, metavar="I",
+                   help="with --walk-forward: run fold I only (several drivers can take one each; --resume stitches)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _flag(p, "telegram_token", default=None, help="DISCOURAGED: visible to other users; use TELEGRAM_BOT_TOKEN")
     _flag(p, "telegram_chat_id", default=None, help="Telegram chat id (or TELEGRAM_CHAT_ID)")
@@ -116,15 +121,20 @@ def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
     """Train one experiment, evaluate it once on the test split, save everything (and a report)."""
     from dqlray.notify import RunNotifier, get_notifier
     from dqlray.runinfo import check_folder
+    from dqlray.verdict import message_parts
     from dqlray.workflow import run_experiment
 
-    config = config_from_args(args)
+    config = _walk_forward_restored(args, config_from_args(args))
     check_folder(config.train.results_dir, "--results_dir")
+    if args.fold is not None and not config.data.walk_forward:
+        raise ConfigError(f"--fold {args.fold}: only with --walk-forward N (or a walk-forward experiment to resume)")
     stop = _StopFlag()
     stop.install()
     notifier = RunNotifier(get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id),
                            config.train.experiment_name)
     try:
+        if config.data.walk_forward:
+            return _train_walk_forward(args, config, notifier, stop, report)
         outcome = run_experiment(config, resume=args.resume, notifier=notifier,
                                  progress=False if args.no_progress else None, should_stop=stop)
         if outcome.evaluation is None:
@@ -136,8 +146,8 @@ def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
         ev = outcome.evaluation
         notifier.finished(final_reward=outcome.result.final.get("episode_return", float("nan")),
                           test_metrics={k: v["mean"] for k, v in ev["agent"]["summary"].items()},
-                          baselines={"buy&hold": ev["baselines"]["buy_and_hold"]}, model_path=ev.get("model_path"),
-                          image_path=image)
+                          model_path=ev.get("model_path"), image_path=image,
+                          **message_parts(ev, ev.get("verdict")))
         return 0
     except BaseException as e:
         if not isinstance(e, DqlrayError):
@@ -147,12 +157,46 @@ def cmd_train(args: argparse.Namespace, *, report: bool = False) -> int:
         notifier.close(deadline_s=10)
 
 
+def _walk_forward_restored(args: argparse.Namespace, config: Any) -> Any:
+    """A resumed walk-forward experiment keeps its number of folds when ``--walk-forward`` is not given again."""
+    from dqlray.walkforward import WF_FILE
+    from dqlray.workflow import run_dir_of
+
+    wf = run_dir_of(config) / WF_FILE
+    if args.resume and args.walk_forward is None and wf.exists():
+        try:
+            n = json.loads(wf.read_text())["config"]["data"]["walk_forward"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DqlrayError(f"{wf}: unreadable ({e})") from None
+        return config.replace({"data": {"walk_forward": n}})
+    return config
+
+
+def _train_walk_forward(args: argparse.Namespace, config: Any, notifier: Any, stop: Any, report: bool) -> int:
+    """``--walk-forward N``: every fold as its own run, stitched (:mod:`dqlray.walkforward`)."""
+    from dqlray.verdict import message_parts
+    from dqlray.walkforward import run_walk_forward
+
+    outcome = run_walk_forward(config, resume=args.resume, only_fold=args.fold, notifier=notifier,
+                               progress=False if args.no_progress else None, should_stop=stop)
+    if outcome.stopped:
+        notifier.time_limit()
+        return EXIT_RESUMABLE
+    s = outcome.summary
+    if s is None:  # one fold of several (--fold), or not all finished yet
+        return 0
+    image = _build_report(outcome.exp_dir) if report else None
+    notifier.finished(final_reward=None, test_metrics={k: v["mean"] for k, v in s["test"]["agent"]["summary"].items()},
+                      model_path=None, image_path=image, **message_parts(s["test"], s.get("verdict")))
+    return 0
+
+
 def _build_report(run_dir: Any) -> str | None:
     """Write the run's HTML report; return the equity PNG path (None when the report could not be built)."""
-    from dqlray.report import build_run_report
+    from dqlray.report import build_report
 
     try:
-        out = build_run_report(run_dir)
+        out = build_report(run_dir)
     except Exception as e:  # noqa: BLE001 - the run is saved; `dqlray report DIR` can retry
         print(f"warning: no report: {type(e).__name__}: {e}", file=sys.stderr)
         return None

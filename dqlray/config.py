@@ -52,10 +52,27 @@ class DataConfig:
     """Fraction of bars for validation, or the ISO date at which the test part begins."""
     window: int = 8
     """Bars of features in one observation (each feature already summarises up to 50 bars)."""
+    walk_forward: int = 0
+    """Walk-forward folds (issue 11); 0 is the one chronological split above. With N folds, fold 0 trains on the
+    first ``train`` of the bars (a fraction of those after the feature warm-up, or the date validation begins), and
+    the bars after it, less two embargoes, make N + 1 equal blocks: every fold validates on one block and tests on
+    the next block after an embargo, its training window expanding to the embargo before its validation block; the
+    N test blocks follow each other to the last bar. ``val`` is not used."""
+    fold: int | None = None
+    """The walk-forward fold (0 .. walk_forward - 1) a run trains, validates and tests on; the walk-forward driver
+    (``--walk-forward N``, ``--fold I``) sets it for each fold's run."""
+    embargo: int | None = None
+    """Walk-forward: bars left out between training and validation and between validation and test; None is the
+    features' look-back (the 50-bar warm-up plus ``window`` - 1 bars)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "data")
         _check(self.window >= 1, "data", "window", self.window, "an integer >= 1")
+        _check(self.walk_forward >= 0, "data", "walk_forward", self.walk_forward, "an integer >= 0 (0: one split)")
+        _check(self.fold is None or 0 <= self.fold < self.walk_forward, "data", "fold", self.fold,
+               f"null or a fold 0 .. {self.walk_forward - 1} of data.walk_forward={self.walk_forward}"
+               if self.walk_forward else "null without data.walk_forward")
+        _check(self.embargo is None or self.embargo >= 0, "data", "embargo", self.embargo, "null or an integer >= 0")
         if isinstance(self.train, float) and isinstance(self.val, float):
             _check(0 < self.train < 1, "data", "train", self.train, "a fraction in (0, 1) or an ISO date")
             _check(0 < self.val < 1, "data", "val", self.val, "a fraction in (0, 1) or an ISO date")
@@ -95,6 +112,11 @@ class EnvConfig:
         _check(self.episode_length is None or self.episode_length >= 1, "env", "episode_length",
                self.episode_length, "null or an integer >= 1")
         _check(0 <= self.ruin_fraction < 1, "env", "ruin_fraction", self.ruin_fraction, "a fraction in [0, 1)")
+
+    @property
+    def cost_rate(self) -> float:
+        """Cost of a trade per unit of traded notional: ``(fee_bps + slippage_bps) * 1e-4`` (as the env charges)."""
+        return (self.fee_bps + self.slippage_bps) * 1e-4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,6 +264,49 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VerdictConfig:
+    """How the verdict against the benchmark is computed (issue 11; :mod:`dqlray.verdict`): the ``verdict:`` section."""
+
+    benchmark: str = "buy_and_hold"
+    """The baseline skill is measured against (a name from ``dqlray.baselines.BASELINES``)."""
+    level: float = 0.05
+    """Significance level: the agent beats the benchmark when both one-sided p-values are at or below it."""
+    ci_level: float = 0.95
+    """Confidence level of the bootstrap interval of the information ratio."""
+    n_boot: int = 2000
+    """Stationary bootstrap replications (check 1: against the benchmark)."""
+    n_null: int = 2000
+    """Null policies made by shuffling the agent's own position stretches (check 2: against luck)."""
+    block_length: float | None = None
+    """Mean block length of the stationary bootstrap in bars; None picks it from the active returns
+    (Politis and White 2004, ``arch.bootstrap.optimal_block_length``)."""
+    pbo_blocks: int = 16
+    """Blocks S of combinatorially symmetric cross-validation (even; fewer when the validation part is short)."""
+    pbo_max_splits: int = 20_000
+    """Most in-sample/out-of-sample splits used for PBO; a seeded random subset beyond it."""
+    resample_seed: int = 0
+    """Seed of the bootstrap, the null shuffles and any PBO subset: same seed, same verdict (named apart from
+    ``train.seed``: field names are unique across sections)."""
+
+    def __post_init__(self) -> None:
+        from dqlray.baselines import BASELINES  # late: baselines import the env, which never imports config
+
+        check_finite(self, "verdict")
+        _check(self.benchmark in BASELINES, "verdict", "benchmark", self.benchmark, "one of " + ", ".join(BASELINES))
+        _check(0 < self.level < 0.5, "verdict", "level", self.level, "a number in (0, 0.5)")
+        _check(0 < self.ci_level < 1, "verdict", "ci_level", self.ci_level, "a number in (0, 1)")
+        for name in ("n_boot", "n_null"):
+            v = getattr(self, name)
+            _check(v >= 99, "verdict", name, v, "an integer >= 99 (a p-value needs resolution below 1%)")
+        _check(self.block_length is None or self.block_length >= 1, "verdict", "block_length", self.block_length,
+               "null or a number >= 1")
+        _check(self.pbo_blocks >= 2 and self.pbo_blocks % 2 == 0, "verdict", "pbo_blocks", self.pbo_blocks,
+               "an even integer >= 2")
+        _check(self.pbo_max_splits >= 1, "verdict", "pbo_max_splits", self.pbo_max_splits, "an integer >= 1")
+        _check(self.resample_seed >= 0, "verdict", "resample_seed", self.resample_seed, "an integer >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """Everything one training run needs."""
 
@@ -249,6 +314,7 @@ class ExperimentConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (YAML-ready; tuples become lists)."""
@@ -264,7 +330,8 @@ class ExperimentConfig:
 
 
 SWEEP_KEYS = ("search", "grid", "sweep")
-SECTIONS: dict[str, type] = {"data": DataConfig, "env": EnvConfig, "agent": AgentConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"data": DataConfig, "env": EnvConfig, "agent": AgentConfig, "train": TrainConfig,
+                             "verdict": VerdictConfig}
 
 
 def field_index() -> dict[str, str]:
@@ -347,7 +414,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Defaults, then the YAML file at ``path`` (sections ``data/env/agent/train``), then ``overrides``."""
+    """Defaults, then the YAML file at ``path`` (sections ``data/env/agent/train/verdict``), then ``overrides``."""
     cfg = ExperimentConfig()
     if path is not None:
         raw = load_yaml(path)
@@ -372,44 +439,3 @@ def flat_to_nested(flat: dict[str, Any], *, source: str = "overrides") -> dict[s
             sec, name = index[key], key
         out.setdefault(sec, {})[name] = value
     return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerdictConfig:
-    """How the verdict against the benchmark is computed (issue 11; :mod:`dqlray.verdict`)."""
-
-    benchmark: str = "buy_and_hold"
-    """The baseline skill is measured against (a name from ``dqlray.baselines.BASELINES``)."""
-    level: float = 0.05
-    """Significance level: the agent beats the benchmark when both one-sided p-values are at or below it."""
-    ci_level: float = 0.95
-    """Confidence level of the bootstrap interval of the information ratio."""
-    n_boot: int = 2000
-    """Stationary bootstrap replications (check 1: against the benchmark)."""
-    n_null: int = 2000
-    """Null policies made by shuffling the agent's own position stretches (check 2: against luck)."""
-    block_length: float | None = None
-    """Mean block length of the stationary bootstrap in bars; None picks it from the active returns
-    (Politis and White 2004, ``arch.bootstrap.optimal_block_length``)."""
-    pbo_blocks: int = 16
-    """Blocks S of combinatorially symmetric cross-validation (even; fewer when the validation part is short)."""
-    pbo_max_splits: int = 20_000
-    """Most in-sample/out-of-sample splits used for PBO; a seeded random subset beyond it."""
-    seed: int = 0
-    """Seed of the bootstrap, the null shuffles and any PBO subset: same seed, same verdict."""
-
-    def __post_init__(self) -> None:
-        from dqlray.baselines import BASELINES  # late: baselines import the env, which never imports config
-
-        _check(self.benchmark in BASELINES, "verdict", "benchmark", self.benchmark, "one of " + ", ".join(BASELINES))
-        _check(0 < self.level < 0.5, "verdict", "level", self.level, "a number in (0, 0.5)")
-        _check(0 < self.ci_level < 1, "verdict", "ci_level", self.ci_level, "a number in (0, 1)")
-        for name in ("n_boot", "n_null"):
-            v = getattr(self, name)
-            _check(v >= 99, "verdict", name, v, "an integer >= 99 (a p-value needs resolution below 1%)")
-        _check(self.block_length is None or self.block_length >= 1, "verdict", "block_length", self.block_length,
-               "null or a number >= 1")
-        _check(self.pbo_blocks >= 2 and self.pbo_blocks % 2 == 0, "verdict", "pbo_blocks", self.pbo_blocks,
-               "an even integer >= 2")
-        _check(self.pbo_max_splits >= 1, "verdict", "pbo_max_splits", self.pbo_max_splits, "an integer >= 1")
-        _check(self.seed >= 0, "verdict", "seed", self.seed, "an integer >= 0")

@@ -420,8 +420,8 @@ def chronological_split(
     if isinstance(train, str) or isinstance(val, str):
         if not (isinstance(train, str) and isinstance(val, str)):
             raise DataError("split: give both split points as dates, or both as fractions")
-        b1 = _date_index(data, train, "train_end")
-        b2 = _date_index(data, val, "val_end")
+        b1 = date_index(data, train, "train_end")
+        b2 = date_index(data, val, "val_end")
         b1 = max(b1, warmup)
     else:
         for label, f in (("train", train), ("val", val)):
@@ -445,7 +445,8 @@ def chronological_split(
     return Split(train=parts["train"], val=parts["val"], test=parts["test"])
 
 
-def _date_index(data: OHLCV, date: str, label: str) -> int:
+def date_index(data: OHLCV, date: str, label: str) -> int:
+    """The first bar at or after ISO ``date`` (``len(data)`` when none is); ``label`` names it in the error."""
     try:
         t = np.datetime64(pd.Timestamp(date).to_datetime64(), "ns")
     except (ValueError, TypeError):

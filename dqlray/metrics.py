@@ -158,11 +158,3 @@ def deflated_sharpe(
     dsr = nd.cdf((sr - sr0) * math.sqrt(t - 1) / math.sqrt(max(denom, 1e-12)))
     return {"dsr": float(dsr), "sr0": sr0 * scale, "sharpe": sr * scale, "n_trials": n}
 
-
-def interpret_dsr(dsr: float) -> str:
-    """One sentence on what a deflated Sharpe ratio means."""
-    if dsr >= 0.95:
-        return "The winner's Sharpe is very likely real skill, not the luck of picking the best of many trials."
-    if dsr >= 0.5:
-        return "The winner is more likely skilled than lucky, but not at the 95% level: treat it with care."
-    return "The winner's Sharpe is explained by the luck of picking the best of many trials: no evidence of skill."

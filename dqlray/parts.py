@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dqlray.config import EnvConfig, ExperimentConfig
-from dqlray.data import OHLCV, chronological_split
+from dqlray.data import OHLCV, Split, chronological_split, date_index, walk_forward_folds
 from dqlray.dqn import DQNLearner, resolve_device
 from dqlray.env import position_values
-from dqlray.errors import ConfigError
+from dqlray.errors import ConfigError, DataError
 from dqlray.market import Market, first_decision_bar
 from dqlray.replay import ReplayBuffer
 from dqlray.vec_env import VecTradingEnv
@@ -43,11 +43,60 @@ class SeedStreams:
         return cls(*(tuple(s[i] for s in spawned) for i in range(3)))
 
 
+def min_part_bars(config: ExperimentConfig) -> int:
+    """The fewest bars a train, validation or test part may hold."""
+    return max(config.data.window, 32)
+
+
+def fold_splits(config: ExperimentConfig, data: OHLCV) -> list[Split]:
+    """Every walk-forward fold of ``config`` (``data.walk_forward`` folds) over ``data``, in time order.
+
+    Fold 0 trains on the first ``data.train`` of the bars after the warm-up (a fraction, or up to a date); the bars
+    after it, less two embargoes, make ``walk_forward + 1`` equal blocks of S bars: each fold validates on S bars and
+    tests on the S bars after an embargo, the test blocks following each other to the last bar
+    (:func:`dqlray.data.walk_forward_folds`, expanding training windows; any rounding remainder goes to fold 0's
+    training part). A one-line :class:`DataError` names what is too short.
+    """
+    d = config.data
+    n_folds = d.walk_forward
+    if n_folds < 1:
+        raise ConfigError("data.walk_forward=0: no walk-forward folds (one chronological split)")
+    warmup = first_decision_bar(d.window)
+    embargo = warmup if d.embargo is None else d.embargo
+    n = len(data)
+    if isinstance(d.train, str):
+        first_train_end = max(date_index(data, d.train, "train_end"), warmup)
+    else:
+        first_train_end = warmup + int(round((n - warmup) * d.train))
+    least = min_part_bars(config)
+    block = (n - first_train_end - 2 * embargo) // (n_folds + 1)
+    if block < least or first_train_end - warmup < least:
+        need = first_train_end + 2 * embargo + (n_folds + 1) * least
+        raise DataError(
+            f"{data.source}: too few rows for {n_folds} walk-forward folds: {n} rows leave blocks of {max(block, 0)} "
+            f"bars for validation and test after the first training part ({first_train_end - warmup} bars, "
+            f"data.train={d.train}) and two embargoes of {embargo} bars; each part needs {least} bars (about "
+            f"{need} rows, or a smaller data.train, data.embargo or --walk-forward)")
+    return walk_forward_folds(n, n_folds=n_folds, val_size=block, test_size=block, min_train=least,
+                              embargo=embargo, expanding=True, warmup=warmup)
+
+
+def split_of(config: ExperimentConfig, data: OHLCV) -> Split:
+    """The train / validation / test split ``config`` trains and tests on: one chronological split, or one fold."""
+    d = config.data
+    if d.walk_forward:
+        if d.fold is None:
+            raise ConfigError(f"data.walk_forward={d.walk_forward} without data.fold: the walk-forward driver "
+                              "(--walk-forward) runs every fold; a single market is one fold's (set data.fold)")
+        return fold_splits(config, data)[d.fold]
+    return chronological_split(data, train=d.train, val=d.val, warmup=first_decision_bar(d.window),
+                               min_bars=min_part_bars(config))
+
+
 def build_market(config: ExperimentConfig, data: OHLCV) -> Market:
     """The market arrays for ``config``'s window and split of ``data`` (scaler fitted on its training part)."""
     d = config.data
-    split = chronological_split(data, train=d.train, val=d.val, warmup=first_decision_bar(d.window),
-                                min_bars=max(d.window, 32))
+    split = split_of(config, data)
     longest = split.train[1] - split.train[0] - 1
     if config.env.episode_length is not None and config.env.episode_length > longest:
         raise ConfigError(f"env.episode_length={config.env.episode_length} is longer than the training part of "

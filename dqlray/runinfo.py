@@ -99,8 +99,12 @@ def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> N
 
     A full disk or a missing permission raises :class:`WriteFailed` (one line); ``path`` keeps its old content.
     """
+    atomic_write_bytes(path, text.encode(), mode)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """:func:`atomic_write_text` for bytes."""
     p = Path(path)
-    data = text.encode()
     with guarded_write(p.parent, p.name, len(data)):
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")

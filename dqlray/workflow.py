@@ -2,7 +2,8 @@
 
 ``results/<experiment>/`` holds ``config.yaml`` (resolved), ``meta.json`` (seeds, data file and hash, split dates,
 git commit, package versions), ``metrics.csv`` (one row per episode), ``checkpoints/``, and after the test
-evaluation ``eval.json`` plus equity curves and positions as CSV.
+evaluation ``eval.json`` (with the verdict against the benchmark, issue 11), the exact test series
+(``test_series.npz``) and equity curves and positions as CSV.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from dqlray.lock import hold_folder
 from dqlray.market import Market
 from dqlray.notify import Notifier, RunNotifier
 from dqlray.parts import build_market, make_learner
+from dqlray.record import RECORD_FILE, record_of, save_record
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, safe_argv, write_json
 from dqlray.trainer import TrainResult, list_checkpoints, load_checkpoint, replay_bytes, train
+from dqlray.verdict import SearchRecord, Verdict, record_verdict, run_dict, verdict_lines
 
 HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "num_trades",
             "turnover", "exposure")
@@ -111,15 +114,33 @@ def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, 
                                         **kw)}
     for name, pol in make_baselines(market, ec, seed=config.train.seed).items():
         results[name] = evaluate_policy(pol, market, part=part, name=name, **kw)
-    out = {
+    return evaluation_dict(results, config, part, list(market.part(part))), results
+
+
+def evaluation_dict(results: dict[str, EvalResult], config: ExperimentConfig, part: str, bars: list[int]
+                    ) -> dict[str, Any]:
+    """The ``eval.json`` layout of ``results``: the agent's metrics per seed and summarised, every baseline's."""
+    ec = config.env
+    return {
         "part": part,
-        "bars": list(market.part(part)),
+        "bars": bars,
         "costs_bps": ec.fee_bps + ec.slippage_bps,
         "seeds": list(config.train.seeds),
         "agent": {"per_seed": results["agent"].metrics, "summary": results["agent"].summary()},
         "baselines": {n: r.metrics[0] for n, r in results.items() if n != "agent"},
     }
-    return out, results
+
+
+def record_test_verdict(run_dir: Path, results: dict[str, EvalResult], market: Market, config: ExperimentConfig,
+                 search: SearchRecord | None = None) -> Verdict:
+    """Save the exact test series of ``results`` in ``run_dir`` (:mod:`dqlray.record`) and return its verdict.
+
+    The one place a test evaluation becomes a verdict: single runs and sweeps call it right after their one test
+    evaluation; walk-forward folds are stitched from the saved series.
+    """
+    rec = record_of(results, market, config.env.cost_rate)
+    save_record(run_dir / RECORD_FILE, rec)
+    return record_verdict(rec, config.verdict, periods=config.train.periods_per_year, search=search)
 
 
 def save_curves(run_dir: Path, results: dict[str, EvalResult], part: str) -> None:
@@ -233,12 +254,16 @@ def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: 
     if result.member is not None and result.member.selected is not None:
         evaluation["selected"] = {"by": tc.select, "episodes": result.member.selected["episodes"],
                                   "among_evaluations": len(result.member.evaluations)}
+    evaluation["verdict"] = run_dict(record_test_verdict(run_dir, curves, result.market, config))
     write_json(run_dir / "eval.json", evaluation)
     save_curves(run_dir, curves, "test")
     _, val_curves = evaluate_all(kept, result.market, config, "val")
     save_curves(run_dir, val_curves, "val")
     out("\nFinal Metrics (test split, costs {:.1f} bps, {} seeds)".format(evaluation["costs_bps"], len(tc.seeds)))
     out(format_metrics_table(evaluation))
+    out("")
+    for line in verdict_lines(evaluation["verdict"]):
+        out(line)
     out(f"\nResults: {run_dir}")
     return RunOutcome(run_dir, result, evaluation)
 
@@ -259,6 +284,11 @@ def evaluate_run(run_dir: str | Path, out: Callable[[str], None] = print) -> dic
     if not ckpts:
         raise DqlrayError(f"{rd}: no checkpoint to evaluate")
     learner = learner_from_checkpoint(config, market, ckpts[-1])
-    evaluation, _ = evaluate_all(learner, market, config, "test")
+    evaluation, curves = evaluate_all(learner, market, config, "test")
+    rec = record_of(curves, market, config.env.cost_rate)
+    evaluation["verdict"] = run_dict(record_verdict(rec, config.verdict, periods=config.train.periods_per_year))
     out(format_metrics_table(evaluation))
+    out("")
+    for line in verdict_lines(evaluation["verdict"]):
+        out(line)
     return evaluation

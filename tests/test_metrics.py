@@ -69,8 +69,3 @@ def test_deflated_sharpe_expected_maximum_by_hand():
     # 0.5 * ((1 - 0.577216) * 0.430727 + 0.577216 * 1.161957) = 0.426402 (annualised).
     r = np.random.default_rng(0).normal(0, 0.01, 300)
     assert M.deflated_sharpe(r, np.array([0.0, 0.5, 1.0]))["sr0"] == pytest.approx(0.426402, abs=2e-6)
-
-
-def test_dsr_interpretation_sentences():
-    assert "very likely real skill" in M.interpret_dsr(0.97)
-    assert "no evidence of skill" in M.interpret_dsr(0.2)

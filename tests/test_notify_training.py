@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def test_single_run_notifies_and_a_hanging_server_costs_nothing(tmp_path):
         assert "Training started" in texts and "Checkpoint" in texts
         assert "Training finished" in texts
         assert "sharpe" in texts.lower()
+        # the verdict of eval.json: the same sentence, and its figures (issue 11)
+        verdict = json.loads((tmp_path / "results" / "hp_lr0.001_g0.99" / "eval.json").read_text())["verdict"]
+        assert verdict["statement"] in texts and "p vs random timing: " in texts
         base, _ = train(tmp_path, "no_notify", {"HOME": str(tmp_path)})
         assert base.returncode == 0
         tg.hang()

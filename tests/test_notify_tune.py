@@ -348,7 +348,12 @@ def test_tune_main_sends_start_dashboard_and_result_through_one_notifier(tg, tmp
     heads = [m["plain"].split("\n")[0] for m in tg.messages if m["kind"] == "message"]
     assert heads == ["🚀 Sweep started · nt", "📊 Sweep finished (trials) · nt", "✅ Sweep finished · nt"], heads
     assert "Budget per trial: 2 episodes (ASHA)" in tg.messages[0]["plain"]
-    assert "Deflated Sharpe ratio" in tg.messages[2]["plain"] and "buy&hold" in tg.messages[2]["plain"]
+    # the verdict of summary.json, its statement and figures (issue 11); no zero-null claim of skill
+    verdict = json.loads((tmp_path / "store" / "nt" / "summary.json").read_text())["verdict"]
+    end = tg.messages[2]["plain"]
+    assert verdict["statement"] in end and "buy&hold" in end
+    assert f"beats buy-and-hold: {'yes' if verdict['beats_benchmark'] else 'no'}" in end
+    assert "deflated Sharpe of the validation IR (2 trials)" in end and "probability the Sharpe is real" not in end
     assert 400 not in tg.statuses() and "dqlray notify:" not in proc.stderr  # all delivered, nothing spooled
     assert tg.token not in proc.stdout + proc.stderr
 

@@ -169,6 +169,11 @@ class Page(HTMLParser):
         return {(c["row"], c["data-key"]): c for c in self.cells if c["table"] == name}
 
 
+def other_warnings(page: Page) -> list[str]:
+    """The page's warning notes other than the verdict's (which warns when the agent does not beat its benchmark)."""
+    return [t for k, t in page.notes if k == "warn" and not t.startswith("Does not beat ")]
+
+
 def png_dims(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     assert data[12:16] == b"IHDR"
@@ -294,7 +299,12 @@ def test_run_report(folders, run_report):
     prov = {c["data-key"]: c["text"] for c in page.cells if c["table"] == "provenance"}
     assert prov["data hash"] == meta["data_hash"] and prov["git commit"] == meta["git_commit"]
     assert {c["data-key"] for c in page.cells if c["table"] == "versions"} >= {"python", "torch", "numpy"}
-    assert [n for n in page.notes if n[0] in ("error", "warn")] == []  # the price file was found: no warning
+    # the verdict of eval.json is the summary's note (a warning when the agent does not beat buy-and-hold, issue 11)
+    v = json.loads((folders["run_a"] / "eval.json").read_text())["verdict"]
+    verdict_notes = [n for n in page.notes if v["statement"] in n[1]]
+    assert len(verdict_notes) == 1 and verdict_notes[0][0] == ("info" if v["beats_benchmark"] else "warn")
+    # the price file was found: no other warning
+    assert [n for n in page.notes if n[0] in ("error", "warn") and n not in verdict_notes] == []
     # the tables are also saved as CSV/JSON with the same numbers
     saved = pd.read_csv(run_report.tables["metrics_test"]).set_index("row")
     assert saved.loc["agent", "sharpe"] == ev["agent"]["summary"]["sharpe"]["mean"]
@@ -350,12 +360,12 @@ def test_run_report_price_file_fallbacks(folders, tmp_path, monkeypatch):
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(ROOT)  # found relative to the current folder
     rep = build_run_report(copy, tensorboard=False)
-    assert [n for n in check_page(rep.html).notes if n[0] == "warn"] == []
+    assert other_warnings(check_page(rep.html)) == []
     monkeypatch.chdir(tmp_path)  # not found: the price panel is left out, with a note, and nothing else fails
     rep = build_run_report(copy, tensorboard=False)
     page = check_page(rep.html)
     assert rep.warnings == ()
-    warns = [t for k, t in page.notes if k == "warn"]
+    warns = other_warnings(page)
     assert len(warns) == 1 and "data/test_small.csv was not found" in warns[0] and "price panel is omitted" in warns[0]
     assert rep.images["positions_test"].exists()
 
@@ -398,13 +408,15 @@ def test_sweep_report(folders, sweep_report):
                 assert got == v, (k, got, v)
     best = [r for r in page.rows["trials"] if "best" in r.get("class", "")]
     assert [b["data-row"] for b in best] == [summary["best_trial"]]
-    # the deflated Sharpe ratio, with its sentence
-    dsr = {c["data-key"]: c["text"] for c in page.cells if c["table"] == "dsr"}
-    assert float(dsr["deflated Sharpe ratio"]) == pytest.approx(summary["deflated_sharpe"]["dsr"], abs=5e-4)
-    assert int(dsr["trials N"]) == summary["deflated_sharpe"]["n_trials"]
-    from dqlray.tuning.sweep import interpret_dsr
+    # the verdict: the statement of summary.json, its figures with the same labels as everywhere (issue 11)
+    v = summary["verdict"]
+    assert any(v["statement"] in text for _, text in page.notes)
+    from dqlray.verdict import benchmark_label
 
-    assert dsr["meaning"] == interpret_dsr(summary["deflated_sharpe"]["dsr"])
+    got = {c["data-key"]: c["text"] for c in page.cells if c["table"] == "verdict"}
+    assert got[f"beats {benchmark_label(v['benchmark'])}"] == ("yes" if v["beats_benchmark"] else "no")
+    assert float(got["p vs random timing"]) == pytest.approx(v["p_random"], abs=5e-4)
+    assert "more likely skilled" not in sweep_report.html.read_text()
     # importance: one row per searched parameter that varied, shares summing to 1, saved as CSV
     imp = pd.read_csv(sweep_report.tables["importance"])
     assert set(imp["param"]) <= set(SWEEP["search"]) and abs(imp["importance"].sum() - 1) < 1e-9
@@ -438,8 +450,16 @@ def test_comparison_report(folders, tmp_path):
             assert_cell(cells[(label, k)], ev["agent"]["summary"][k]["mean"], ev["agent"]["summary"][k]["std"])
         assert float(cells[(label, "bh_sharpe")]["data-value"]) == ev["baselines"]["buy_and_hold"]["sharpe"]
         assert int(cells[(label, "seeds")]["data-value"]) == len(ev["agent"]["per_seed"])
-    dsr = json.loads((folders["sweep"] / "summary.json").read_text())["deflated_sharpe"]["dsr"]
-    assert float(cells[("sw", "dsr")]["data-value"]) == dsr and cells[("run_a", "dsr")]["data-value"] == ""
+    # each one's verdict (issue 11); the search check only for the sweep
+    verdicts = {"run_a": evs["run_a"]["verdict"], "run_b": evs["run_b"]["verdict"],
+                "sw": json.loads((folders["sweep"] / "summary.json").read_text())["verdict"]}
+    for label, v in verdicts.items():
+        assert cells[(label, "verdict")]["text"] == ("beats" if v["beats_benchmark"] else "does not beat") + \
+            " buy-and-hold"
+        assert float(cells[(label, "p_random")]["data-value"]) == v["p_random"]
+        assert v["statement"] in out.read_text()
+    assert float(cells[("sw", "dsr_active")]["data-value"]) == verdicts["sw"]["dsr_active"]
+    assert cells[("run_a", "dsr_active")]["data-value"] == "" and cells[("run_a", "pbo")]["data-value"] == ""
     saved = pd.read_csv(rep.tables["comparison"]).set_index("row")
     assert saved.loc["run_b", "costs_bps"] == 6.0 and saved.loc["run_a", "sharpe"] == \
         evs["run_a"]["agent"]["summary"]["sharpe"]["mean"]

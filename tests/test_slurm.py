@@ -193,6 +193,45 @@ def test_sweep_runs_on_both_nodes_and_leaves_nothing(slurm, tmp_path):
 
 
 @SLURM
+def test_walk_forward_sweep_in_one_job_and_as_an_array(slurm, tmp_path):
+    """`--walk-forward 3` (issue 11): the folds one after another in one job, and as a SLURM array (one fold per
+    task) whose final `--resume` job stitches them; no fold runs twice."""
+    storage = tmp_path / "results"
+    small = ("--num-samples", "2", "--episodes", "4", "--num-seeds", "1", "--walk-forward", "3")
+    one = slurm.sbatch(*SMALL_JOB, f"--output={tmp_path}/%j.out", str(HEAD), "--storage-path", str(storage),
+                       "--experiment-name", "wf1", *small)
+    array = slurm.sbatch(*SMALL_JOB, "--array=0-2", f"--output={tmp_path}/%A_%a.out", str(HEAD),
+                         "--storage-path", str(storage), "--experiment-name", "wfa", *small)
+    info = slurm.wait(one, timeout=600)
+    log = _read_log(tmp_path, one)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    s = json.loads((storage / "wf1" / "summary.json").read_text())
+    assert s["kind"] == "walk_forward" and len(s["folds"]) == 3 and s["verdict"]["folds"] == 3
+    assert "Verdict: The walk-forward agent (3 folds, each tuned on its own past)" in log
+    _assert_clean(one, log)
+    for task in range(3):
+        info = slurm.wait(f"{array}_{task}", timeout=600)
+        log = (tmp_path / f"{array}_{task}.out").read_text(errors="replace")
+        assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+        assert f"--fold {task}" in log and f"Fold {task} of 3" in log
+        assert sum(f"Fold {i} of 3" in log for i in range(3)) == 1  # its own fold only
+    exp = storage / "wfa"
+    assert all((exp / f"fold_{i}" / "summary.json").exists() for i in range(3))
+    assert not (exp / "summary.json").exists()
+    trials = {f: len(_trial_results(exp / f"fold_{f}")) for f in range(3)}
+    final = slurm.sbatch(*SMALL_JOB, f"--output={tmp_path}/%j.out", str(HEAD), "--storage-path", str(storage),
+                         "--experiment-name", "wfa", "--resume")
+    info = slurm.wait(final, timeout=300)
+    log = _read_log(tmp_path, final)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    assert all(f"Fold {i}: finished before, not run again" in log for i in range(3))
+    assert {f: len(_trial_results(exp / f"fold_{f}")) for f in range(3)} == trials
+    s = json.loads((exp / "summary.json").read_text())
+    assert [f["fold"] for f in s["folds"]] == [0, 1, 2] and s["tuned"]
+    _assert_clean(final, log)
+
+
+@SLURM
 def test_two_jobs_at_once_on_the_same_nodes(slurm, tmp_path):
     jobs = [
         slurm.sbatch(

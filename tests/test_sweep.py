@@ -146,8 +146,18 @@ def test_packed_sweep_asha_optuna_retry_and_results(tmp_path):
     assert summary["best_trial"] in {r["config_id"] for r in full}
     assert 0.0 <= summary["deflated_sharpe"]["dsr"] <= 1.0 and summary["deflated_sharpe"]["n_trials"] == 8
     assert summary["test"]["part"] == "test" and "buy_and_hold" in summary["test"]["baselines"]
+    # the verdict (issue 11): every trial kept its last validation returns, ASHA-stopped ones included, so the
+    # search check ranks all 8 columns
+    from dqlray.tuning.validation import validation_matrix
+
+    v = summary["verdict"]
+    assert v["benchmark"] == "buy_and_hold" and v["n_trials"] == 8 and 0 <= v["pbo"] <= 1 and 0 <= v["dsr_active"] <= 1
+    assert v["beats_benchmark"] == (v["p_benchmark"] <= 0.05 and v["p_random"] <= 0.05)
+    vm = validation_matrix(exp, [r["config_id"] for r in rows])
+    assert vm.returns.shape[1:] == (8, 1) and vm.missing == [] and vm.returns.shape[0] > 300
+    assert f"Verdict: {v['statement']}" in proc.stdout and "more likely skilled" not in proc.stdout
+    assert "Detail, not the verdict: deflated Sharpe ratio against a Sharpe of zero" in proc.stdout
     assert "linear_probe" in summary["test"]["baselines"]
-    assert "Deflated Sharpe Ratio" in proc.stdout
     # each configuration keeps its validation returns, one column per seed, over the validation bars
     val = np.load(exp / "configs" / summary["best_trial"] / "val_returns.npy")
     assert val.shape[1] == 1 and val.shape[0] > 100 and np.isfinite(val).all()
@@ -163,6 +173,7 @@ def test_packed_sweep_asha_optuna_retry_and_results(tmp_path):
     cons = subprocess.run([sys.executable, "-m", "dqlray", "consolidate", "--results_dir", str(tmp_path / "store")],
                           capture_output=True, text=True, timeout=120)
     assert cons.returncode == 0 and "asha" in cons.stdout, cons.stderr
+    assert f"asha: {v['statement']}" in cons.stdout
 
 
 @pytest.mark.slow

@@ -122,15 +122,49 @@ def test_bootstrap_with_block_length_1_matches_normal_theory():
 
 def test_bootstrap_p_value_on_sparse_active_returns():
     # Long all the time but flat over one crash bar: the active returns are 0 except +1% on that bar and a 2 bp
-    # re-entry cost after it. A resample (block length 1) has IR <= 0 exactly when it misses the crash bar, with
-    # probability (1 - 1/T)^T = 0.366 for T = 100: one lucky bar is no evidence. (A recentred statistic,
-    # #{IR* - IR >= IR}, would have called it significant here: p about 0.02.)
+    # re-entry cost after it (T = 100). SPA recentres the resampled mean (block length 1: iid) and asks how often
+    # it lies as far above the sample mean as the mean lies above 0: when a resample holds the crash bar k1 >= 3
+    # times, or twice with the cost bar at most twice. With k1 ~ Bin(100, 1/100) and, given k1 = 2,
+    # k2 ~ Bin(98, 1/99): P = P(k1 >= 3) + P(k1 = 2) P(k2 <= 2) = 0.0794 + 0.1849 * 0.9220 = 0.2499. One lucky bar
+    # is no evidence. (The percentile interval still contains 0: a resample misses the bar with probability 0.366.)
     a = np.zeros((1, 100))
     a[0, 40], a[0, 41] = 0.01, -2e-4
     c = V.benchmark_check(a, n_boot=4999, ci_level=0.95, rng=np.random.default_rng(0), block_length=1.0)
     assert c.info_ratio > 1.0
-    assert c.p_value == pytest.approx((1 - 1 / 100) ** 100, abs=0.02)
+    assert c.p_value == pytest.approx(0.2499, abs=0.02)
     assert c.ci[0] < 0 < c.ci[1]
+
+
+def test_spa_p_value_matches_arch_and_hansens_recentring():
+    # One model against a zero benchmark, on the same resamples (arch's own bootstrap, same seed): arch's SPA gives
+    # the same p-value, up to the (1 + k) / (1 + B) grid and ties (continuous data here: none).
+    from arch.bootstrap import SPA, StationaryBootstrap
+
+    rng = np.random.default_rng(0)
+    for drift in (0.0004, 0.0008, 0.002):
+        d = rng.standard_t(4, 500) * 0.01 + drift
+        assert d.mean() > 0
+        means = StationaryBootstrap(3.0, d, seed=np.random.default_rng(1)).apply(lambda y: np.array([y.mean()]),
+                                                                                 4999)[:, 0]
+        spa = SPA(np.zeros(500), -d[:, None], block_size=3.0, reps=4999, bootstrap="stationary", nested=False,
+                  seed=np.random.default_rng(1))
+        spa.compute()
+        ours = V.spa_p_value(d, means, block_length=3.0)
+        assert ours == pytest.approx((1 + 4999 * float(spa.pvalues["consistent"])) / 5000, abs=1e-9)
+    # Hansen's statistic is max(mean, 0): a model that does no better than the benchmark has p = 1 (arch: ~1/2).
+    d = rng.normal(-0.003, 0.01, 500)
+    assert V.spa_p_value(d, rng.normal(d.mean(), 0.0005, 999), block_length=1.0) == 1.0
+
+
+def test_stationary_indices_follow_the_scheme():
+    idx = V.stationary_indices(50, 4.0, 4000, np.random.default_rng(0))
+    assert idx.shape == (4000, 50) and idx.min() == 0 and idx.max() == 49
+    follows = idx[:, 1:] == (idx[:, :-1] + 1) % 50  # within a block the next bar follows (wrapping at the end)
+    # a new block starts with probability 1/4 at a uniform bar (which follows the previous one by chance: 1/50)
+    assert 1 - follows.mean() == pytest.approx(0.25 * 49 / 50, abs=0.01)
+    assert np.bincount(idx.ravel(), minlength=50) / idx.size == pytest.approx(np.full(50, 0.02), abs=0.002)
+    assert np.array_equal(V.stationary_indices(50, 4.0, 10, np.random.default_rng(3)),
+                          V.stationary_indices(50, 4.0, 10, np.random.default_rng(3)))
 
 
 def test_bootstrap_resamples_seeds_jointly_and_the_benchmark_cannot_beat_itself():
@@ -224,7 +258,7 @@ def test_same_seed_same_verdict_and_json():
     b = V.single_run_verdict(agent.returns, agent.positions, bench, ret_next=ret, cost_rate=COST, config=FAST)
     assert a == b
     c = V.single_run_verdict(agent.returns, agent.positions, bench, ret_next=ret, cost_rate=COST,
-                             config=VerdictConfig(n_boot=499, n_null=499, seed=1))
+                             config=VerdictConfig(n_boot=499, n_null=499, resample_seed=1))
     assert (c.p_benchmark, c.p_random) != (a.p_benchmark, a.p_random) and c.info_ratio == a.info_ratio
     d = json.loads(json.dumps(a.to_dict()))
     for key in ("benchmark", "beats_benchmark", "info_ratio", "info_ratio_ci", "p_benchmark", "p_random",

@@ -6,7 +6,7 @@
     rep = build_run_report("results/demo")        # results/demo/report/report.html, PNGs, CSV/JSON tables
     rep.html, rep.equity_png                      # the page, and the picture for a chat message
 
-Command line: ``dqlray report DIR`` (a run or a sweep folder) and ``dqlray compare DIR... [--out FILE]``.
+Command line: ``dqlray report DIR`` (a run, sweep or walk-forward folder) and ``dqlray compare DIR... [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ from dqlray.report.folders import folder_kind
 from dqlray.report.html import Report
 from dqlray.report.run import build_run_report
 from dqlray.report.sweep import build_sweep_report
+from dqlray.report.walkforward import build_walk_forward_report
 
 __all__ = ["Report", "build_comparison_report", "build_report", "build_run_report", "build_sweep_report",
-           "folder_kind"]
+           "build_walk_forward_report", "folder_kind"]
 
 
 def build_report(path: str | Path, out_dir: str | Path | None = None) -> Report:
-    """The report of a run folder or a sweep folder, whichever ``path`` is."""
-    if folder_kind(path) == "sweep":
+    """The report of a run folder, a sweep folder or a walk-forward experiment, whichever ``path`` is."""
+    kind = folder_kind(path)
+    if kind == "walk_forward":
+        return build_walk_forward_report(path, out_dir)
+    if kind == "sweep":
         return build_sweep_report(path, out_dir)
     return build_run_report(path, out_dir)

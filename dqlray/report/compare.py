@@ -17,11 +17,12 @@ from markupsafe import Markup
 from dqlray.errors import DqlrayError
 from dqlray.formatting import fmt
 from dqlray.report import plots
-from dqlray.report.folders import folder_kind, load_run, load_sweep
+from dqlray.report.folders import folder_kind, load_run, load_sweep, load_walk_forward
 from dqlray.report.format import METRICS
 from dqlray.report.html import Column, Document, Report, Row, figure, note, render_table, table_records
 from dqlray.report.tables import save_table
 from dqlray.runinfo import atomic_write_text
+from dqlray.verdict import verdict_cells
 
 SHOWN = ("sharpe", "total_return", "max_drawdown", "sortino", "calmar", "num_trades", "exposure")
 
@@ -39,7 +40,7 @@ class Entry:
     costs_bps: float | None
     test_period: str | None  # "first date → last date" of the test curve
     equity: pd.DataFrame | None
-    dsr: dict[str, Any] | None
+    verdict: dict[str, Any] | None  # issue 11: whether it beats its benchmark (None: evaluated before verdicts)
     git_commit: str | None
 
 
@@ -53,15 +54,21 @@ def load_entry(path: str | Path, label: str | None = None) -> Entry:
             raise DqlrayError(f"{p}: no eval.json: the run has not been evaluated on its test split yet")
         eq = run.equity.get("test")
         return Entry(label or run.name, p, "run", run.evaluation, run.meta.get("data_hash"), run.meta.get("data_file"),
-                     run.evaluation.get("costs_bps", run.meta.get("costs_bps")), _period(eq), eq, None,
-                     run.meta.get("git_commit"))
+                     run.evaluation.get("costs_bps", run.meta.get("costs_bps")), _period(eq), eq,
+                     run.evaluation.get("verdict"), run.meta.get("git_commit"))
+    if kind == "walk_forward":
+        wf = load_walk_forward(p)
+        s = wf.summary or {}
+        if "test" not in s:
+            raise DqlrayError(f"{p}: no summary.json: the walk-forward folds have not all finished and been stitched")
+        return Entry(label or wf.name, p, "walk-forward", s["test"], s.get("data_hash"), s.get("data_file"),
+                     s["test"].get("costs_bps"), _period(wf.equity), wf.equity, s.get("verdict"), s.get("git_commit"))
     sw = load_sweep(p)
     s = sw.summary or {}
     if "test" not in s:
         raise DqlrayError(f"{p}: no summary.json with a test evaluation: the sweep has not completed")
     return Entry(label or sw.name, p, "sweep", s["test"], s.get("data_hash"), s.get("data_file"),
-                 s["test"].get("costs_bps"), _period(sw.equity), sw.equity, s.get("deflated_sharpe"),
-                 s.get("git_commit"))
+                 s["test"].get("costs_bps"), _period(sw.equity), sw.equity, s.get("verdict"), s.get("git_commit"))
 
 
 def _period(eq: pd.DataFrame | None) -> str | None:
@@ -143,8 +150,13 @@ def _summary(entries: Sequence[Entry], diff: dict[str, dict[str, Any]]) -> Marku
     best = ranked[0]
     a = best.evaluation["agent"]["summary"]["sharpe"]
     html.append(Markup('<p class="lead">Highest mean test Sharpe: <strong>{}</strong> at {} ± {} over {} seeds. '
-                       "Differences smaller than the spread across seeds are noise.</p>").format(
+                       "Differences smaller than the spread across seeds are noise; whether an agent beats its "
+                       "benchmark is each one's verdict:</p>").format(
         best.label, fmt(a["mean"], "ratio"), fmt(a["std"], "ratio"), len(best.evaluation["agent"]["per_seed"])))
+    html.append(Markup("<ul>{}</ul>").format(Markup("").join(
+        Markup("<li><code>{}</code>: {}</li>").format(e.label, (e.verdict or {}).get("statement")
+                                                      or "no verdict (evaluated before dqlray kept one)")
+        for e in entries)))
     return Markup("").join(html)
 
 
@@ -185,8 +197,16 @@ def _columns() -> list[Column]:
     cols += [Column(k, METRICS[k].label, METRICS[k].kind, METRICS[k].help, METRICS[k].better) for k in SHOWN]
     cols += [Column("bh_sharpe", "B&H Sharpe", "ratio", "buy & hold on the same test split"),
              Column("bh_total_return", "B&H return", "pct", "buy & hold on the same test split"),
-             Column("dsr", "DSR", "float3", "Deflated Sharpe Ratio (sweeps): probability that the winner's Sharpe is "
-                    "skill, not the luck of the best of N trials")]
+             Column("verdict", "Verdict", "text", "whether the agent beats its benchmark out of sample (issue 11): "
+                    "both p-values at most the level"),
+             Column("info_ratio", "IR", "ratio", "information ratio of the active returns against the benchmark, "
+                    "annualised, mean over seeds"),
+             Column("p_benchmark", "p bench", "float3", "check 1: bootstrap p-value of the information ratio"),
+             Column("p_random", "p random", "float3", "check 2: rank among policies with the agent's exposure and "
+                    "trades at random times"),
+             Column("dsr_active", "DSR", "float3", "sweeps: deflated Sharpe of the winner's validation information "
+                    "ratio against the best of N unskilled trials (warns below 0.95)"),
+             Column("pbo", "PBO", "float3", "sweeps: probability of backtest overfitting (warns at 0.5 or more)")]
     return cols
 
 
@@ -198,7 +218,7 @@ def _metrics(entries: Sequence[Entry], assets: Path, images: dict[str, Path], ta
         bh = e.evaluation.get("baselines", {}).get("buy_and_hold", {})
         vals: dict[str, Any] = {"experiment": e.label, "kind": e.kind, "seeds": len(e.evaluation["agent"]["per_seed"]),
                                 "bh_sharpe": bh.get("sharpe"), "bh_total_return": bh.get("total_return"),
-                                "dsr": (e.dsr or {}).get("dsr")}
+                                **verdict_cells(e.verdict)}
         vals.update({k: summ[k]["mean"] for k in SHOWN if k in summ})
         rows.append(Row(e.label, vals, sd={k: summ[k]["std"] for k in SHOWN if k in summ}))
     records = table_records(cols, rows)

@@ -20,11 +20,17 @@ RUN_MARKERS = ("eval.json", "metrics.csv", "meta.json")
 SWEEP_MARKERS = ("summary.json", "trials.csv", "sweep_meta.json")
 
 
+WALK_FORWARD_MARKER = "walk_forward.json"  # dqlray.walkforward.WF_FILE (not imported: reports read files only)
+
+
 def folder_kind(path: str | Path) -> str:
-    """``"sweep"`` for a sweep's experiment folder, ``"run"`` for a single run's folder; else a one-line error."""
+    """``"walk_forward"`` for a walk-forward experiment, ``"sweep"`` for a sweep's experiment folder, ``"run"`` for
+    a single run's folder; else a one-line error."""
     p = Path(path)
     if not p.is_dir():
         raise DqlrayError(f"{p}: no such folder")
+    if (p / WALK_FORWARD_MARKER).exists():
+        return "walk_forward"
     if any((p / m).exists() for m in SWEEP_MARKERS):
         return "sweep"
     if (p / "config.yaml").exists() and any((p / m).exists() for m in RUN_MARKERS):
@@ -48,7 +54,7 @@ def experiment_folders(results_dir: str | Path) -> tuple[list[Path], list[str]]:
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         if (sub / "eval.json").exists() or (sub / "summary.json").exists():
             found.append(sub)
-        elif any((sub / m).exists() for m in (*RUN_MARKERS, *SWEEP_MARKERS)):
+        elif any((sub / m).exists() for m in (*RUN_MARKERS, *SWEEP_MARKERS, WALK_FORWARD_MARKER)):
             skipped.append(f"{sub}: left out, not evaluated on its test split yet")
     if not found:
         raise DqlrayError(f"{root}: no finished run or sweep in it (a folder with eval.json or summary.json)")
@@ -202,3 +208,35 @@ def resolve_data_file(data_file: str | None, folder: Path) -> Path | None:
     bases = [Path.cwd(), folder.resolve(), *folder.resolve().parents]
     candidates = [c for b in bases for c in (b / p, b / DATA_DIR / p)]  # the guide keeps datasets in data/
     return next((c for c in candidates if c.is_file()), None)
+
+
+@dataclass
+class WalkForwardFolder:
+    """A walk-forward experiment: its plan, the stitched summary (once every fold is done) and curves."""
+
+    path: Path
+    plan: dict[str, Any]  # walk_forward.json
+    summary: dict[str, Any] | None  # summary.json
+    equity: pd.DataFrame | None  # the stitched test curves
+    positions: pd.DataFrame | None
+
+    @property
+    def name(self) -> str:
+        """The experiment name."""
+        return str((self.summary or {}).get("experiment") or self.plan.get("experiment") or self.path.name)
+
+    @property
+    def tuned(self) -> bool:
+        """Whether each fold is a sweep (else a single run)."""
+        return self.plan.get("kind") == "sweep"
+
+
+def load_walk_forward(path: str | Path) -> WalkForwardFolder:
+    """Read a walk-forward experiment folder (:mod:`dqlray.walkforward`)."""
+    p = Path(path)
+    plan = _json(p / WALK_FORWARD_MARKER)
+    if plan is None:
+        raise DqlrayError(f"{p}: not a walk-forward experiment (no {WALK_FORWARD_MARKER})")
+    eq = read_csv(p / "equity_test.csv", dates=True) if (p / "equity_test.csv").exists() else None
+    pos = read_csv(p / "positions_test.csv", dates=True) if (p / "positions_test.csv").exists() else None
+    return WalkForwardFolder(path=p, plan=plan, summary=_json(p / "summary.json"), equity=eq, positions=pos)

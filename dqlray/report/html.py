@@ -307,7 +307,7 @@ class Report:
     images: dict[str, Path]
     tables: dict[str, Path]
     warnings: tuple[str, ...]
-    kind: str  # "run", "sweep" or "comparison"
+    kind: str  # "run", "sweep", "walk_forward" or "comparison"
 
 
 class Document:
@@ -341,7 +341,8 @@ class Document:
         secs = Markup("").join(Markup('<section id="{}"><h2>{}</h2>{}</section>').format(sid, t, body)
                                for sid, t, body in self.sections)
         sub = Markup("").join(Markup("<span>{}</span>").format(s) for s in self.subtitle)
-        kind = {"run": "Single run", "sweep": "Hyperparameter sweep", "comparison": "Comparison"}.get(self.kind, "")
+        kind = {"run": "Single run", "sweep": "Hyperparameter sweep", "comparison": "Comparison",
+                "walk-forward": "Walk-forward"}.get(self.kind, "")
         from dqlray import __version__
 
         return (

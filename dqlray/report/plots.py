@@ -127,12 +127,18 @@ def _empty(ax: Any, text: str) -> None:
         sp.set_color("#e2e6ee")
 
 
-def plot_equity(eq: pd.DataFrame, path: Path, *, title: str, show_seeds: bool = True) -> Path:
-    """The agent's equity curve per seed (thin) and mean (bold) against every baseline, from 1 at the start."""
+def plot_equity(eq: pd.DataFrame, path: Path, *, title: str, show_seeds: bool = True,
+                boundaries: Sequence[Any] = ()) -> Path:
+    """The agent's equity curve per seed (thin) and mean (bold) against every baseline, from 1 at the start.
+
+    ``boundaries``: dates where a new walk-forward fold's test block begins (dotted vertical lines)."""
     with _style():
         fig = _figure(11, 4.6)
         ax = fig.add_subplot()
         x = eq["date"].to_numpy()
+        for i, b in enumerate(boundaries):
+            ax.axvline(b, color="#9aa3b2", ls=":", lw=1.0, zorder=1, label="start of a fold's test block" if i == 0
+                       else None)
         for b in _baselines(eq):
             y = eq[b].to_numpy(dtype=float)
             ax.plot(x, y, color=BASELINE_COLORS.get(b, "#777777"), ls=BASELINE_STYLES.get(b, "-"), lw=1.15,

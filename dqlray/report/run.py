@@ -24,6 +24,7 @@ from dqlray.report.tables import (
     seed_label,
     versus,
 )
+from dqlray.report.verdict import verdict_card, verdict_details, verdict_note
 from dqlray.runinfo import atomic_write_text
 
 REPORT_DIR = "report"
@@ -110,7 +111,10 @@ def _summary(run: RunFolder) -> Markup:
     )
     if best_name is not None:
         sentence += f"; the best baseline is {pretty_name(best_name)} at {fmt(best.get('sharpe'), 'ratio')}"
-    return cards(items) + Markup('<p class="lead" style="margin-top:14px">{}.</p>').format(sentence)
+    v = ev.get("verdict")
+    card = verdict_card(v)
+    return (cards([card, *items] if card else items) + verdict_note(v)
+            + Markup('<p class="lead" style="margin-top:14px">{}.</p>').format(sentence) + verdict_details(v))
 
 
 def _equity(run: RunFolder, out: Path, images: dict[str, Path]) -> Markup:

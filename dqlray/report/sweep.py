@@ -10,18 +10,16 @@ import yaml
 from markupsafe import Markup
 
 from dqlray.formatting import fmt
-from dqlray.metrics import interpret_dsr
 from dqlray.report import plots
 from dqlray.report.folders import SweepFolder, load_sweep
 from dqlray.report.format import metric_label, number_kind, param_label
 from dqlray.report.html import Column, Document, Report, Row, cards, figure, kv_table, note, render_table, table_records
 from dqlray.report.importance import Importance, param_importance, param_scale
 from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, save_table, versus
+from dqlray.report.verdict import verdict_card, verdict_details, verdict_note
 from dqlray.runinfo import atomic_write_text, json_text
 
 REPORT_DIR = "report"
-DSR_MEANING = ("The Deflated Sharpe Ratio is the probability that the winner's true Sharpe ratio is above the best "
-               "that {n} trials without any skill would reach by luck (Bailey and López de Prado, 2014).")
 
 
 def build_sweep_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> Report:
@@ -121,13 +119,14 @@ def _summary(sw: SweepFolder) -> Markup:
                       versus(a["sharpe"]["mean"], bh.get("sharpe"), "ratio")))
         items.append(("Winner's test return", mean_sd_html(a["total_return"]["mean"], a["total_return"]["std"], "pct"),
                       versus(a["total_return"]["mean"], bh.get("total_return"), "pct")))
-        d = s.get("deflated_sharpe") or {}
-        if d.get("dsr") is not None:
-            cls = "up" if d["dsr"] >= 0.95 else "down" if d["dsr"] < 0.5 else ""
-            items.append(("Deflated Sharpe", Markup('<span class="{}">{}</span>').format(cls, fmt(d["dsr"], "ratio")),
-                          f"best of {d.get('n_trials')} configurations"))
-            lead = Markup('<p class="lead" style="margin-top:14px"><strong>{}</strong> {}</p>').format(
-                interpret_dsr(d["dsr"]), DSR_MEANING.format(n=d.get("n_trials")))
+        v = s.get("verdict")
+        card = verdict_card(v)
+        if card:
+            items.insert(0, card)
+        if v and v.get("dsr_active") is not None:
+            items.append(("Deflated Sharpe (validation IR)", fmt(v["dsr_active"], "float3"),
+                          f"best of {v.get('n_trials')} configurations; PBO {fmt(v.get('pbo'), 'float3')}"))
+        lead = verdict_note(v)
     return cards(items) + lead
 
 
@@ -152,22 +151,12 @@ def _winner(sw: SweepFolder, out: Path, images: dict[str, Path], tables: dict[st
     rows = evaluation_rows(ev)
     save_table(out, "metrics_test", table_records(cols, rows), tables)
     html.append(Markup("<h3>Test metrics</h3>") + render_table("metrics_test", cols, rows))
-    d = s.get("deflated_sharpe") or {}
-    dsr_items: list[tuple[str, Any]] = [
-        ("deflated Sharpe ratio", fmt(d.get("dsr"), "float3")),
-        ("test Sharpe of the mean curve", fmt(d.get("sharpe"), "ratio")),
-        ("expected best of N unskilled trials (SR₀)", fmt(d.get("sr0"), "ratio")),
-        ("trials N", d.get("n_trials")),
-        ("meaning", Markup("<strong>{}</strong>").format(interpret_dsr(d["dsr"])) if d.get("dsr") is not None else ""),
-    ]
     params = [(param_label(k), _param_text(v)) for k, v in (s.get("best_params") or {}).items()]
-    html.append(Markup('<div class="grid2"><div><h3>Deflated Sharpe ratio</h3>{}'
-                       '<p class="lead" style="margin-top:8px">{} Values near 1 mean skill; below 0.5, luck explains '
-                       "the result.</p></div>"
+    html.append(Markup('<div class="grid2"><div><h3>Verdict</h3>{}{}</div>'
                        '<div><h3>Winning hyperparameters</h3>{}<p class="lead" style="margin-top:8px">Re-train them with '
                        "<code>python train_single.py --config {}</code>.</p></div></div>").format(
-        kv_table(dsr_items, "dsr"), DSR_MEANING.format(n=d.get("n_trials", "N")), kv_table(params, "best_params"),
-        sw.path / "best_config.yaml"))
+        verdict_note(s.get("verdict")), verdict_details(s.get("verdict"), s.get("deflated_sharpe")),
+        kv_table(params, "best_params"), sw.path / "best_config.yaml"))
     return Markup("").join(html)
 
 

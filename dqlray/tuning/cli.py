@@ -43,6 +43,12 @@ def build_tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", type=_pack_value, default=None, metavar="auto|M",
                    help="configurations trained together per trial as one batched network (1: one per trial; "
                         "auto, the default: sized to the sweep and the device)")
+    _flag(p, "benchmark", default=None,
+          help="the baseline the verdict measures skill against (default buy_and_hold; sets verdict.benchmark)")
+    _flag(p, "walk_forward", type=int, default=None, metavar="N",
+          help="N walk-forward folds, each with its own sweep; the test blocks stitched (sets data.walk_forward)")
+    p.add_argument("--fold", type=int, default=None, metavar="I",
+                   help="with --walk-forward: run fold I only (one driver per fold; a final --resume stitches)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment of that name")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
     _flag(p, "telegram_token", default=None, help="DISCOURAGED: visible to other users; use TELEGRAM_BOT_TOKEN")
@@ -84,10 +90,12 @@ def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = 
     from dqlray.notify import get_notifier
     from dqlray.tuning.space import parse_sweep_file
     from dqlray.tuning.sweep import SweepRun, run_sweep, stored_sweep_file
+    from dqlray.tuning.walkforward import run_walk_forward_sweep, stored_walk_forward
 
     overrides: dict[str, dict[str, Any]] = {}
     for flag, sec, fld in (("data_file", "data", "data_file"), ("episodes", "train", "episodes"),
-                           ("agent_type", "agent", "agent_type"), ("num_seeds", "train", "num_seeds")):
+                           ("agent_type", "agent", "agent_type"), ("num_seeds", "train", "num_seeds"),
+                           ("benchmark", "verdict", "benchmark"), ("walk_forward", "data", "walk_forward")):
         v = getattr(args, flag)
         if v is not None:
             overrides.setdefault(sec, {})[fld] = v
@@ -98,10 +106,11 @@ def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = 
         if not args.experiment_name:
             raise ConfigError("--resume needs --experiment-name (the folder name under --storage-path)")
         name = args.experiment_name
-        # Every setting of the original command comes back from the experiment folder (issue 13): flags given
-        # again must agree with it.
-        sf = stored_sweep_file(Path(args.storage_path) / name, config_path=args.config, overrides=overrides,
-                               sweep_overrides=sweep_over)
+        # Every setting of the original command comes back from the experiment folder (issue 13), --walk-forward
+        # included: flags given again must agree with it.
+        given = {"config_path": args.config, "overrides": overrides, "sweep_overrides": sweep_over}
+        sf = (stored_walk_forward(Path(args.storage_path).resolve() / name, **given)
+              or stored_sweep_file(Path(args.storage_path) / name, **given))
     else:
         config = args.config or DEFAULT_SWEEP_FILE
         sf = parse_sweep_file(config, overrides, sweep_over)
@@ -115,25 +124,39 @@ def _run(args: argparse.Namespace, stop_requested: Any = None, trainable: Any = 
     get_notifier(token=args.telegram_token, chat_id=args.telegram_chat_id)
     run = SweepRun(sweep_file=sf, experiment_name=name, storage_path=args.storage_path, address=args.address,
                    resume=args.resume, dashboard=not args.no_dashboard)
+    if sf.base.data.walk_forward:
+        if args.fold is not None and not args.experiment_name:
+            raise ConfigError("--fold needs --experiment-name: every fold's driver names the same experiment")
+        return run_walk_forward_sweep(run, only_fold=args.fold, stop_requested=stop_requested, trainable=trainable)
+    if args.fold is not None:
+        raise ConfigError(f"--fold {args.fold}: only with --walk-forward N (or a walk-forward experiment to resume)")
     return run_sweep(run, stop_requested=stop_requested, trainable=trainable)
 
 
 def consolidate(results_dir: str | Path) -> pd.DataFrame:
-    """One row per finished experiment under ``results_dir``: single runs (eval.json) and sweeps (summary.json)."""
+    """One row per finished experiment under ``results_dir``: single runs (eval.json), sweeps and walk-forward
+    experiments (summary.json), each with its verdict against the benchmark (issue 11)."""
     rows = []
     root = Path(results_dir)
     for ev_path in sorted(root.glob("*/eval.json")):
         ev = json.loads(ev_path.read_text())
         meta_p = ev_path.parent / "meta.json"
         meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
-        rows.append(_row(ev_path.parent.name, "single", ev, meta.get("data_hash"), None))
+        rows.append(_row(ev_path.parent.name, "single", ev, meta.get("data_hash"), None, ev.get("verdict")))
     for s_path in sorted(root.glob("*/summary.json")):
         s = json.loads(s_path.read_text())
-        rows.append(_row(s_path.parent.name, "sweep", s["test"], s.get("data_hash"), s.get("deflated_sharpe")))
+        if "test" not in s:
+            continue
+        kind = "walk-forward" if s.get("kind") == "walk_forward" else "sweep"
+        rows.append(_row(s_path.parent.name, kind, s["test"], s.get("data_hash"), s.get("deflated_sharpe"),
+                         s.get("verdict")))
     return pd.DataFrame(rows)
 
 
-def _row(name: str, kind: str, ev: dict, dhash: str | None, dsr: dict | None) -> dict[str, Any]:
+def _row(name: str, kind: str, ev: dict, dhash: str | None, dsr: dict | None, verdict: dict | None
+         ) -> dict[str, Any]:
+    from dqlray.verdict import verdict_cells
+
     summ = ev["agent"]["summary"]
     row = {"experiment": name, "kind": kind, "seeds": len(ev.get("seeds", [])), "data_hash": dhash,
            "costs_bps": ev.get("costs_bps")}
@@ -143,7 +166,9 @@ def _row(name: str, kind: str, ev: dict, dhash: str | None, dsr: dict | None) ->
     bh = ev["baselines"].get("buy_and_hold", {})
     row["bh_sharpe"] = bh.get("sharpe")
     row["bh_total_return"] = bh.get("total_return")
-    row["deflated_sharpe"] = dsr.get("dsr") if dsr else None
+    row.update(verdict_cells(verdict))
+    row["dsr_zero_null"] = dsr.get("dsr") if dsr else None  # a detail: its null is a Sharpe of 0, not the benchmark
+    row["statement"] = (verdict or {}).get("statement")
     return row
 
 
@@ -165,6 +190,9 @@ def _cmd_consolidate(args: argparse.Namespace) -> int:
     buf = io.StringIO()
     df.to_csv(buf, index=False)
     atomic_write_text(out, buf.getvalue())
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(df.drop(columns=["statement"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\nVerdicts:")
+    for name, text in zip(df["experiment"], df["statement"], strict=True):
+        print(f"  {name}: {text or 'no verdict (evaluated before dqlray kept one)'}")
     print(f"\nwrote {out}")
     return 0

@@ -11,7 +11,8 @@
   ``train.select``: the networks of its best validation evaluation;
 - ``val_returns.npy``: per-bar validation returns ``(T_val, K)`` of the evaluation it is ranked by (one column per
   seed: the verdict's PBO and deflated Sharpe need every configuration's, issue 11); with ``train.select`` also
-  ``val_returns_last.npy``, those of its last evaluation.
+  ``val_returns_last.npy``, those of its last evaluation; ``val_time.npy``, the bar each of those periods ends at
+  (:func:`dqlray.tuning.validation.validation_matrix` aligns configurations on them);
 
 ``member.json`` is written last, so a record with it is complete. A pack retried after a crash writes the same
 record again (same seed, same result).
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from dqlray.config import ExperimentConfig
+from dqlray.market import Market
 from dqlray.pack import DIVERGED, STOPPED, MemberResult
 from dqlray.runinfo import guarded_write, write_json
 from dqlray.trainer import CHECKPOINT_FILE
@@ -63,8 +65,9 @@ def _save_atomic(path: Path, save: Any, what: str) -> None:
 
 
 def write_member(exp_dir: str | Path, config_id: str, pack_id: str, params: dict[str, Any], result: MemberResult,
-                 metric: str, node_ip: str | None = None) -> dict[str, Any]:
-    """Write the record of a configuration that has left its pack; returns ``member.json``'s content."""
+                 metric: str, node_ip: str | None = None, market: Market | None = None) -> dict[str, Any]:
+    """Write the record of a configuration that has left its pack; returns ``member.json``'s content. ``market``
+    (the pack's) dates its validation returns."""
     from dqlray.workflow import write_metrics_csv
 
     d = member_dir(exp_dir, config_id)
@@ -83,6 +86,10 @@ def write_member(exp_dir: str | Path, config_id: str, pack_id: str, params: dict
                          f"{config_id}'s checkpoint chosen by validation")
     if returns is not None:
         _save_atomic(d / "val_returns.npy", lambda f: np.save(f, returns), f"{config_id}'s validation returns")
+        if market is not None:
+            a, b = market.part("val")
+            bars = np.asarray(market.data.time[a + 1:b], dtype="datetime64[ns]").astype(np.int64)
+            _save_atomic(d / "val_time.npy", lambda f: np.save(f, bars), f"{config_id}'s validation bars")
     if result.selected is not None and result.val_returns is not None:
         _save_atomic(d / "val_returns_last.npy", lambda f: np.save(f, result.val_returns),
                      f"{config_id}'s last validation returns")

@@ -250,6 +250,18 @@ def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | 
     return None if a == b else (path, a, b)
 
 
+def sweep_difference(a: SweepFile, b: SweepFile) -> tuple[str, Any, Any] | None:
+    """The first setting (``section.field``, value in ``b``, value in ``a``) that differs between two sweeps' results
+    settings, placement settings (:data:`PLACEMENT_KEYS`) and the file name aside; None when they agree."""
+    da, db = sweep_file_dict(a), sweep_file_dict(b)
+    for d in (da, db):
+        d.pop("sweep_file")
+        for k in PLACEMENT_KEYS:
+            d["sweep"].pop(k)
+    diff = _first_difference(db, da)
+    return diff
+
+
 def resumed_sweep_file(stored: SweepFile, where: str, *, config_path: str | None = None,
                        overrides: dict[str, dict[str, Any]] | None = None,
                        sweep_overrides: dict[str, Any] | None = None) -> SweepFile:
@@ -264,13 +276,7 @@ def resumed_sweep_file(stored: SweepFile, where: str, *, config_path: str | None
 
     sweep_overrides = {k: v for k, v in (sweep_overrides or {}).items() if v is not None}
     if config_path is not None:
-        given = sweep_file_dict(parse_sweep_file(config_path, overrides, sweep_overrides))
-        was = sweep_file_dict(stored)
-        for d in (given, was):
-            d.pop("sweep_file")
-            for k in PLACEMENT_KEYS:
-                d["sweep"].pop(k)
-        diff = _first_difference(given, was)
+        diff = sweep_difference(stored, parse_sweep_file(config_path, overrides, sweep_overrides))
         if diff is not None:
             refuse(f"{config_path}: {diff[0]}", diff[1], diff[2])
     for sec, fields in (overrides or {}).items():

@@ -4,9 +4,9 @@ Each Tune trial trains a pack of configurations (issue 14; ``--pack 1``: one per
 forms the packs and tells Optuna each configuration's result, the sweep's rung table (:mod:`dqlray.tuning.rungs`)
 stops configurations early, and every table downstream speaks in configurations. Configurations are scored on the
 validation split only. When the sweep is complete, the best configuration that reached its full budget is evaluated
-once, from its own checkpoint, on the untouched test split (every seed, next to every baseline) with the Deflated
-Sharpe Ratio over the number of configurations (and chosen checkpoints) actually tried; a completed experiment is
-never re-evaluated on test.
+once, from its own checkpoint, on the untouched test split (every seed, next to every baseline) and gets its verdict
+against the benchmark (:mod:`dqlray.verdict`; the search check uses every configuration's validation returns and
+counts every configuration and chosen checkpoint tried); a completed experiment is never re-evaluated on test.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dqlray.cli import EXIT_RESUMABLE
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
 from dqlray.lock import hold_folder
-from dqlray.metrics import deflated_sharpe, finite_or_none, interpret_dsr
+from dqlray.metrics import deflated_sharpe, finite_or_none
 from dqlray.notify import SweepNotifier, get_notifier
 from dqlray.parts import build_market
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
@@ -52,7 +52,15 @@ from dqlray.tuning.space import (
     trial_config,
 )
 from dqlray.tuning.trainable import PackSettings, pack_trainable
-from dqlray.workflow import evaluate_all, format_metrics_table, learner_from_checkpoint, save_curves
+from dqlray.tuning.validation import search_record
+from dqlray.verdict import message_parts, verdict_lines, zero_null_dsr_text
+from dqlray.workflow import (
+    evaluate_all,
+    format_metrics_table,
+    learner_from_checkpoint,
+    record_test_verdict,
+    save_curves,
+)
 
 TIME_ATTR = "episodes"  # the same in every trial: one episode = the same number of env steps per seed
 
@@ -67,6 +75,10 @@ class SweepRun:
     address: str | None = None
     resume: bool = False
     dashboard: bool = True
+    title: str | None = None
+    """The name in notifications (default ``experiment_name``; a walk-forward fold: ``<experiment>/fold_<i>``)."""
+    resume_command: str | None = None
+    """The command printed to resume a stopped sweep (default: ``tune_main.py --resume`` of this experiment)."""
 
 
 def experiment_dir(run: SweepRun) -> Path:
@@ -253,7 +265,7 @@ def _best_config(exp_dir: Path, df: pd.DataFrame, metric: str) -> tuple[str, Pat
 
 
 def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]:
-    """Tables, the one test evaluation of the winner with the deflated Sharpe, and the best config YAML."""
+    """Tables, the one test evaluation of the winner with its verdict, and the best config YAML."""
     sf = run.sweep_file
     exp = experiment_dir(run)
     metric = sf.sweep.metric
@@ -285,6 +297,8 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         values = [v for rec in read_members(exp).values() for v in rec.get("evaluations") or []
                   if v is not None and np.isfinite(v)]
         candidates = np.asarray(values, dtype=float) if values else candidates
+    search = search_record(exp, [str(c) for c in tried["config_id"]], best_id, market, cfg, len(candidates))
+    verdict = record_test_verdict(exp, curves, market, cfg, search)
     dsr = deflated_sharpe_of_winner(curves["agent"].returns, candidates, cfg.train.periods_per_year)
     best_cfg = cfg.replace({"train": {"experiment_name": f"{run.experiment_name}_best", "keep_checkpoints": 3}})
     atomic_write_text(exp / "best_config.yaml",
@@ -309,6 +323,7 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         "best_val": {k: finite_or_none(best_row[k]) for k in ("val_sharpe", "val_sharpe_std", "val_return")},
         "selected_episode": finite_or_none(best_row["selected_episode"]),
         "test": evaluation,
+        "verdict": verdict.to_dict(),
         "deflated_sharpe": dsr,
         "data_file": cfg.data.data_file,
         "data_hash": data_hash(data),
@@ -319,11 +334,13 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     out(f"\nBest configuration {best_id} (validation {metric} {summary['best_val']['val_sharpe']:.3f}); "
         f"test split, evaluated once, costs {evaluation['costs_bps']:.1f} bps:")
     out(format_metrics_table(evaluation))
-    among = (f"{dsr['n_trials']} configurations" if len(candidates) == len(tried) else
-             f"{dsr['n_trials']} checkpoints ({len(tried)} configurations, every validation evaluation)")
-    out(f"\nDeflated Sharpe Ratio: {dsr['dsr']:.3f} (mean over seeds, weakest seed {dsr['dsr_min']:.3f}; best of "
-        f"{among}; test Sharpe {dsr['sharpe']:.2f} per seed against {dsr['sr0']:.2f} expected from "
-        f"the best of {dsr['n_trials']} unskilled ones). {interpret_dsr(dsr['dsr'])}")
+    out("")
+    for line in verdict_lines(summary["verdict"]):
+        out(line)
+    if search is None:
+        out("  (no validation returns of the configurations were kept: check 3, the deflated Sharpe of the validation "
+            "information ratio and the PBO, is left out)")
+    out(f"Detail, not the verdict: {zero_null_dsr_text(dsr)}")
     out(f"Best config: {exp / 'best_config.yaml'}")
     return summary
 
@@ -338,6 +355,7 @@ def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarra
     """
     per_seed = [deflated_sharpe(r, trial_sharpes, periods=periods) for r in seed_returns]
     return {
+        "null": "a Sharpe ratio of zero, not the benchmark: a detail, not the verdict (issue 11)",
         "dsr": float(np.mean([d["dsr"] for d in per_seed])),
         "dsr_min": float(np.min([d["dsr"] for d in per_seed])),
         "dsr_per_seed": [d["dsr"] for d in per_seed],
@@ -407,12 +425,12 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
                 "data_hash": data_hash(data), "expected_configs": expected_configs(sf), "git_commit": git_commit(),
                 "versions": package_versions()}
     notifier = get_notifier()  # the process's one notifier, shared with the dashboard callback (issue 15)
-    sweep_notifier = SweepNotifier(notifier, run.experiment_name)
+    sweep_notifier = SweepNotifier(notifier, run.title or run.experiment_name)
     cluster = _init_ray(run, out, local)
     _stop_on_sigterm()
     try:
         callbacks = [TelegramTuneCallback(
-            experiment=run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
+            experiment=run.title or run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
             num_samples=expected_configs(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
         callbacks.append(RoomWatch(str(exp), room.reserve))
         tuner, wrapped, m, _rungs = _build_tuner(run, data, cluster, callbacks, trainable or pack_trainable, out)
@@ -437,8 +455,8 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         handed_out = sum(len((t.config or {}).get("pack", [])) for t in trials)
         if unfinished or handed_out < expected_configs(sf):
             done = len(read_members(exp))
-            resume_cmd = (f"python tune_main.py --resume --experiment-name {run.experiment_name} "
-                          f"--storage-path {run.storage_path}")
+            resume_cmd = run.resume_command or (f"python tune_main.py --resume --experiment-name "
+                                                f"{run.experiment_name} --storage-path {run.storage_path}")
             room.raise_if_short(exp, "the next checkpoints", None,
                                 f"; the sweep stopped with its state saved after {done} of {expected_configs(sf)} "
                                 f"configurations: free some space, then resume with: {resume_cmd}")
@@ -449,12 +467,13 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         summary = finish_sweep(run, data, out)
         report_png = _sweep_report(exp, out)
         if "test" in summary:
-            dsr = summary["deflated_sharpe"]
+            # the deflated Sharpe shown is the verdict's (of the validation IR, among its figures), not the zero-null
+            # detail, whose message line would read as a claim of skill (issue 11)
             sweep_notifier.finished(
                 best_config=summary["best_params"],
                 test_metrics={k: v["mean"] for k, v in summary["test"]["agent"]["summary"].items()},
-                baselines={"buy&hold": summary["test"]["baselines"]["buy_and_hold"]},
-                deflated_sharpe=dsr["dsr"], n_trials=dsr["n_trials"], image_path=report_png)
+                deflated_sharpe=None, n_trials=summary["n_trials"], image_path=report_png,
+                **message_parts(summary["test"], summary.get("verdict")))
         return 0
     except BaseException as e:
         if not isinstance(e, (DqlrayError, KeyboardInterrupt)):

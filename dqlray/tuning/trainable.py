@@ -83,7 +83,7 @@ def pack_trainable(config: dict[str, Any], *, data: OHLCV, base: ExperimentConfi
             left_now = [ci for ci in episode_metrics if run.results[ci].status != ACTIVE]
             for ci in left_now:  # the record first: a checkpoint never says "left" for a configuration without one
                 write_member(settings.exp_dir, ids[ci], trial_id, members[ci]["params"], run.results[ci],
-                             settings.metric, node_ip)
+                             settings.metric, node_ip, run.market)
             told = {ci for ci, r in enumerate(run.results) if r.status != ACTIVE and ci not in announced}
             # wall clock, CPU seconds and peak memory of the pack's process: what bench.sweep measures the sweep by
             result = {"episodes": episode, "configs_active": len(run.active), "configs": len(cfgs),
