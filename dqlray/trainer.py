@@ -22,7 +22,7 @@ import torch
 
 from dqlray.config import ExperimentConfig
 from dqlray.data import OHLCV
-from dqlray.dqn import DQNLearner, GreedyPolicy
+from dqlray.dqn import DQNLearner, evaluation_policy
 from dqlray.errors import DqlrayError
 from dqlray.evaluation import evaluate_policy
 from dqlray.market import Market
@@ -313,8 +313,10 @@ def train(
 
 
 def validation_metrics(learner: DQNLearner, market: Market, config: ExperimentConfig) -> dict[str, float]:
-    """Greedy policy of every seed on the validation part: mean and spread of Sharpe and return over seeds."""
-    res = evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k, name="agent",
+    """Greedy policy of every seed (or their ensemble, ``train.ensemble``) on the validation part: mean and spread of
+    Sharpe and return over seeds."""
+    policy, n_envs = evaluation_policy(learner, ensemble=config.train.ensemble)
+    res = evaluate_policy(policy, market, part="val", env=config.env, n_envs=n_envs, name="agent",
                           periods=config.train.periods_per_year)
     sharpes = np.array([m["sharpe"] for m in res.metrics])
     rets = np.array([m["total_return"] for m in res.metrics])
