@@ -96,14 +96,17 @@ def sample_pool(sf: Any, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def score_config(params: dict[str, Any], data: Any, base: Any, n_fresh: int) -> dict[str, Any]:
-    """Train ``base`` + ``params`` at full budget with the search seeds and ``n_fresh`` fresh seeds in lockstep.
+    """Train ``base`` + ``params`` at full budget with the search seeds and ``n_fresh`` fresh runs in lockstep.
 
-    Returns the search seeds' mean validation Sharpe (what a sweep ranks by), the fresh seeds' test Sharpe (the
-    configuration's true quality; the test part of the search seeds is not used), and the agent-steps spent.
+    A run is what one sweep trial trains: ``train.num_seeds`` seeds, scored as its seeds' mean or, with
+    ``train.ensemble``, as their ensemble (one policy). The fresh runs are ``n_fresh`` more such runs on seeds no
+    selection saw (``n_fresh`` seeds, or ``n_fresh`` ensembles of ``num_seeds`` seeds each). Returns the search seeds'
+    validation Sharpe (what a sweep ranks by), the fresh runs' mean test Sharpe (the configuration's true quality;
+    the test part of the search seeds is not used), and the agent-steps spent by the search seeds.
     """
     import torch
 
-    from dqlray.dqn import GreedyPolicy
+    from dqlray.dqn import EnsemblePolicy
     from dqlray.evaluation import evaluate_policy
     from dqlray.trainer import train
     from dqlray.tuning.space import trial_config
@@ -111,21 +114,27 @@ def score_config(params: dict[str, Any], data: Any, base: Any, n_fresh: int) -> 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     cfg = trial_config(base, params)
-    n_search = cfg.train.num_seeds
+    n_search, ensemble = cfg.train.num_seeds, cfg.train.ensemble
+    per_run = n_search if ensemble else 1
     # Validation only after the last episode: it does not touch training (no random draws), so seeds 0..n_search-1
     # train exactly as in the sweep, where validation runs every episode.
-    cfg = cfg.replace({"train": {"num_seeds": n_search + n_fresh, "eval_every": cfg.train.episodes}})
+    cfg = cfg.replace({"train": {"num_seeds": n_search + n_fresh * per_run, "eval_every": cfg.train.episodes,
+                                 "ensemble": False}})
     res = train(cfg, data, progress=False)
-    ec = cfg.env
+    # every run as one or more policies: the search run first, then the fresh runs
+    search_groups = [list(range(n_search))] if ensemble else [[j] for j in range(n_search)]
+    fresh_groups = [list(range(n_search + i * per_run, n_search + (i + 1) * per_run)) for i in range(n_fresh)]
+    groups = search_groups + fresh_groups
     sharpe = {}
     for part in ("val", "test"):
-        ev = evaluate_policy(GreedyPolicy(res.learner), res.market, part=part, n_envs=res.learner.k, env=ec,
-                             periods=cfg.train.periods_per_year)
+        ev = evaluate_policy(EnsemblePolicy(res.learner, groups), res.market, part=part, n_envs=len(groups),
+                             env=cfg.env, periods=cfg.train.periods_per_year)
         sharpe[part] = [m["sharpe"] for m in ev.metrics]
-    fresh = np.array(sharpe["test"][n_search:])
+    n_sp = len(search_groups)
+    fresh = np.array(sharpe["test"][n_sp:])
     return {
         "params": params,
-        "val_search": float(np.mean(sharpe["val"][:n_search])),
+        "val_search": float(np.mean(sharpe["val"][:n_sp])),
         "true": float(fresh.mean()),
         "true_se": float(fresh.std(ddof=1) / math.sqrt(len(fresh))) if len(fresh) > 1 else float("nan"),
         "test_fresh": fresh.tolist(),
@@ -246,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=None,
                     help="configurations in the pool (default 27; 9 with --quick, the first 9 of the same draw)")
     ap.add_argument("--pool-seed", type=int, default=0, help="seed of the pool's sampling")
-    ap.add_argument("--fresh-seeds", type=int, default=4, help="fresh seeds scoring every configuration (>= 2)")
+    ap.add_argument("--fresh-seeds", type=int, default=4,
+                    help="fresh runs scoring every configuration (>= 2): seeds, or with train.ensemble ensembles of "
+                         "train.num_seeds seeds each")
     ap.add_argument("--config", default=str(SWEEP_FILE), help="sweep file (search space, base config)")
     ap.add_argument("--variants", default=None, help="score these fixed configurations instead of pool and sweep")
     ap.add_argument("--no-sweep", action="store_true", help="skip the default sweep (pool and references only)")

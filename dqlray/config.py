@@ -228,6 +228,10 @@ class TrainConfig:
     """Seeds trained in lockstep as one batched network."""
     eval_every: int = 1
     """Episodes between validation evaluations."""
+    ensemble: bool = False
+    """Score the seeds as one policy, the action with the highest Q-value averaged over the seeds
+    (:class:`dqlray.dqn.EnsemblePolicy`), on validation (what a sweep ranks by) and on the test part, instead of
+    each seed's own greedy policy. The result is one policy, so it has no spread over seeds (issue 12)."""
     checkpoint_every: int = 100
     """Episodes between checkpoints (the last episode is always checkpointed)."""
     keep_checkpoints: int = 3

@@ -164,11 +164,23 @@ class DQNLearner:
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """Greedy action of member k for observation ``obs[k]`` (``obs`` is ``(K, obs_dim)``)."""
         if self._np_weights is not None:
-            return self._greedy_numpy(obs)
+            return self._scores_numpy(obs).argmax(axis=-1)
         q = self.net.forward(self._tensor(np.ascontiguousarray(obs, dtype=np.float32))[:, None, :])
         return q[:, 0, :].argmax(dim=-1).cpu().numpy()
 
-    def _greedy_numpy(self, obs: np.ndarray) -> np.ndarray:
+    @torch.inference_mode()
+    def action_scores(self, obs: np.ndarray) -> np.ndarray:
+        """Seed k's Q-values ``(K, n_actions)`` for observation ``obs[k]``, up to a constant per seed and observation.
+
+        With a dueling head the constant is the state value less the mean advantage (the scores are the
+        advantages); it moves no argmax, neither a seed's nor that of a mean over seeds (see :class:`EnsemblePolicy`).
+        """
+        if self._np_weights is not None:
+            return self._scores_numpy(obs)
+        q = self.net.forward(self._tensor(np.ascontiguousarray(obs, dtype=np.float32))[:, None, :])
+        return q[:, 0, :].cpu().numpy()
+
+    def _scores_numpy(self, obs: np.ndarray) -> np.ndarray:
         # One observation per member: a torch call costs ~5 us of dispatch, NumPy's ~1 us, and on the CPU the NumPy
         # arrays are views of the same memory as the torch parameters, so they are always current.
         ws, bs = self._np_weights
@@ -179,7 +191,7 @@ class DQNLearner:
         # (and a plain member's Q is its advantage branch).
         q = np.matmul(h, ws[-1])
         q += bs[-1]
-        return q[:, 0, :].argmax(axis=-1)
+        return q[:, 0, :]
 
     def epsilon(self, step: int, total_steps: int | np.ndarray) -> np.ndarray:
         """Each member's exploration rate ``(K,)`` after ``step`` env steps of its budget ``total_steps``."""
@@ -396,3 +408,46 @@ class GreedyPolicy:
     def predict(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions ``(K,)`` for observations ``(K, obs_dim)``."""
         return self.learner.greedy(obs)
+
+
+class EnsemblePolicy:
+    """The K seeds as one policy: the action with the highest Q-value averaged over the seeds (issue 12).
+
+    Averaging Q-values (not votes) lets a seed that is sure outweigh one that is nearly indifferent, and with two
+    actions it cannot tie on a vote. ``groups`` splits the learner's rows into several ensembles, environment ``g``
+    acting with the rows in ``groups[g]`` (one ensemble per configuration of a pack); by default one ensemble of every
+    row. With a dueling head each seed's scores are its advantages: the mean over seeds of ``V_k + A_k - mean(A_k)``
+    and the mean of ``A_k`` differ by a constant over actions, so both pick the same action.
+    """
+
+    def __init__(self, learner: DQNLearner, groups: Sequence[Sequence[int]] | None = None) -> None:
+        self.learner = learner
+        groups = [range(learner.k)] if groups is None else groups
+        rows = [np.asarray(g, dtype=np.int64) for g in groups]
+        if not rows or any(len(r) == 0 for r in rows):
+            raise ValueError("EnsemblePolicy: every group needs at least one row")
+        flat = np.concatenate(rows)
+        if len(np.unique(flat)) != len(flat) or flat.min() < 0 or flat.max() >= learner.k:
+            raise ValueError(f"EnsemblePolicy: groups must be disjoint rows of 0..{learner.k - 1}")
+        self.n_groups = len(rows)
+        # Every row acts on its group's observation (rows in no group on group 0's; their scores are not used).
+        self._obs_of_row = np.zeros(learner.k, dtype=np.int64)
+        for g, r in enumerate(rows):
+            self._obs_of_row[r] = g
+        self._rows = flat
+        self._starts = np.cumsum([0] + [len(r) for r in rows[:-1]])
+        self._sizes = np.array([len(r) for r in rows], dtype=np.float64)[:, None]
+
+    def predict(self, obs: np.ndarray) -> np.ndarray:
+        """Actions ``(G,)`` for observations ``(G, obs_dim)``, one per ensemble."""
+        scores = self.learner.action_scores(np.asarray(obs)[self._obs_of_row])
+        mean = np.add.reduceat(scores[self._rows], self._starts, axis=0) / self._sizes
+        return mean.argmax(axis=-1)
+
+
+def evaluation_policy(learner: DQNLearner, *, ensemble: bool) -> tuple[GreedyPolicy | EnsemblePolicy, int]:
+    """The policy a run is scored as (``train.ensemble``) and its number of environments: every seed's greedy
+    policy (K), or the seeds' ensemble (one policy)."""
+    if ensemble:
+        return EnsemblePolicy(learner), 1
+    return GreedyPolicy(learner), learner.k

@@ -26,7 +26,7 @@ import torch
 
 from dqlray.config import SECTIONS, ExperimentConfig
 from dqlray.data import OHLCV
-from dqlray.dqn import GreedyPolicy, linear_epsilon
+from dqlray.dqn import EnsemblePolicy, GreedyPolicy, linear_epsilon
 from dqlray.errors import ConfigError, DqlrayError
 from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.market import Market
@@ -195,8 +195,15 @@ def validation_summary(per_seed: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def evaluate_validation(learner: Any, market: Market, config: ExperimentConfig) -> EvalResult:
-    """Every member's greedy policy over the validation part, all members in one vectorised pass."""
+def evaluate_validation(learner: Any, market: Market, config: ExperimentConfig,
+                        groups: Sequence[Sequence[int]] | None = None) -> EvalResult:
+    """Every member's greedy policy over the validation part, all members in one vectorised pass; with
+    ``train.ensemble``, one ensemble per group of rows (``groups``, default all rows: a configuration's seeds), one
+    result row each."""
+    if config.train.ensemble:
+        policy = EnsemblePolicy(learner, groups)
+        return evaluate_policy(policy, market, part="val", env=config.env, n_envs=policy.n_groups, name="agent",
+                               periods=config.train.periods_per_year)
     return evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k,
                            name="agent", periods=config.train.periods_per_year)
 
@@ -420,15 +427,19 @@ class PackRun:
 
     def _evaluate(self, due: list[int]) -> None:
         """Validation of every member in one pass; each due configuration records it (and keeps its best)."""
-        res = evaluate_validation(self.learner, self.market, self.configs[0])
+        active = list(self.active)
+        ensemble = self.configs[0].train.ensemble  # a group key: the whole pack or none of it
+        res = evaluate_validation(self.learner, self.market, self.configs[0],
+                                  [self.rows_of(ci) for ci in active] if ensemble else None)
         returns = res.returns
         for ci in due:
             rows = self.rows_of(ci)
-            val = validation_summary([res.metrics[r] for r in rows])
+            out = [active.index(ci)] if ensemble else rows  # its rows of the evaluation
+            val = validation_summary([res.metrics[r] for r in out])
             self.last_val[ci] = val
             r = self.results[ci]
             r.evaluations.append({"episodes": self.episode, **val})
-            r.val_returns = returns[rows].T.copy()
+            r.val_returns = returns[out].T.copy()
             select = self.configs[ci].train.select
             if select != "last":
                 key = select.removeprefix("best_")

@@ -24,7 +24,7 @@ import yaml
 from dqlray.baselines import make_baselines
 from dqlray.config import ExperimentConfig, load_config
 from dqlray.data import OHLCV, data_hash, load_ohlcv
-from dqlray.dqn import DQNLearner, GreedyPolicy, resolve_device
+from dqlray.dqn import DQNLearner, evaluation_policy, resolve_device
 from dqlray.errors import DqlrayError, WriteFailed
 from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.formatting import fmt
@@ -107,11 +107,12 @@ def learner_from_checkpoint(config: ExperimentConfig, market: Market, checkpoint
 
 def evaluate_all(learner: DQNLearner, market: Market, config: ExperimentConfig, part: str = "test"
                  ) -> tuple[dict[str, Any], dict[str, EvalResult]]:
-    """Every seed's greedy policy and every baseline over ``part`` with the same costs."""
+    """Every seed's greedy policy (or, with ``train.ensemble``, the seeds' ensemble as one policy: one agent row)
+    and every baseline over ``part`` with the same costs."""
     ec = config.env
     kw = dict(env=ec, periods=config.train.periods_per_year)
-    results = {"agent": evaluate_policy(GreedyPolicy(learner), market, part=part, n_envs=learner.k, name="agent",
-                                        **kw)}
+    policy, n_envs = evaluation_policy(learner, ensemble=config.train.ensemble)
+    results = {"agent": evaluate_policy(policy, market, part=part, n_envs=n_envs, name="agent", **kw)}
     for name, pol in make_baselines(market, ec, seed=config.train.seed).items():
         results[name] = evaluate_policy(pol, market, part=part, name=name, **kw)
     return evaluation_dict(results, config, part, list(market.part(part))), results
@@ -126,6 +127,7 @@ def evaluation_dict(results: dict[str, EvalResult], config: ExperimentConfig, pa
         "bars": bars,
         "costs_bps": ec.fee_bps + ec.slippage_bps,
         "seeds": list(config.train.seeds),
+        "policy": "ensemble" if config.train.ensemble else "seeds",
         "agent": {"per_seed": results["agent"].metrics, "summary": results["agent"].summary()},
         "baselines": {n: r.metrics[0] for n, r in results.items() if n != "agent"},
     }
@@ -144,7 +146,8 @@ def record_test_verdict(run_dir: Path, results: dict[str, EvalResult], market: M
 
 
 def save_curves(run_dir: Path, results: dict[str, EvalResult], part: str) -> None:
-    """Equity curves and positions of the agent's seeds (and their mean) and of every baseline, as CSV."""
+    """Equity curves and positions of the agent's seeds (and their mean) and of every baseline, as CSV. With
+    ``train.ensemble`` the agent is one policy: its one column is ``agent_seed0``, as a one-seed run's."""
     agent = results["agent"]
     eq: dict[str, Any] = {"date": pd.DatetimeIndex(agent.time).strftime("%Y-%m-%d %H:%M:%S")}
     pos: dict[str, Any] = {"date": eq["date"][:-1]}
@@ -166,7 +169,8 @@ def save_curves(run_dir: Path, results: dict[str, EvalResult], part: str) -> Non
 
 def format_metrics_table(evaluation: dict[str, Any]) -> str:
     """The "Final Metrics" block: agent mean ± spread over seeds next to every baseline."""
-    rows = [("agent (mean±sd)", {k: v for k, v in evaluation["agent"]["summary"].items()})]
+    label = "agent (ensemble)" if evaluation.get("policy") == "ensemble" else "agent (mean±sd)"
+    rows = [(label, {k: v for k, v in evaluation["agent"]["summary"].items()})]
     header = f"{'policy':<22}" + "".join(f"{k:>14}" for k in HEADLINE)
     lines = [header, "-" * len(header)]
     for name, summ in rows:
@@ -259,7 +263,8 @@ def _run_locked(config: ExperimentConfig, data: OHLCV, market: Market, run_dir: 
     save_curves(run_dir, curves, "test")
     _, val_curves = evaluate_all(kept, result.market, config, "val")
     save_curves(run_dir, val_curves, "val")
-    out("\nFinal Metrics (test split, costs {:.1f} bps, {} seeds)".format(evaluation["costs_bps"], len(tc.seeds)))
+    out("\nFinal Metrics (test split, costs {:.1f} bps, {}{} seeds)".format(
+        evaluation["costs_bps"], "one ensemble of " if tc.ensemble else "", len(tc.seeds)))
     out(format_metrics_table(evaluation))
     out("")
     for line in verdict_lines(evaluation["verdict"]):

@@ -3,8 +3,9 @@
 import math
 
 import numpy as np
+import pytest
 
-from bench.power import _parse_variants, market_specs, regret, sample_pool
+from bench.power import _parse_variants, market_specs, regret, sample_pool, score_config
 from dqlray.tuning.space import parse_sweep_file, trial_config
 
 
@@ -38,3 +39,19 @@ def test_pool_is_seeded_and_its_quick_form_is_a_prefix():
 def test_variants_parse_lists_inside_brackets():
     assert _parse_variants("agent.gamma=0,agent.hidden=[16, 16]; agent.learning_rate=1e-3;") == [
         {"agent.gamma": 0, "agent.hidden": [16, 16]}, {"agent.learning_rate": 1e-3}]
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_scored_configuration_is_validated_as_the_sweep_trial_would_be(ensemble):
+    from dqlray.config import load_config
+    from dqlray.data import synth_market
+    from dqlray.trainer import train
+
+    data = synth_market(700, seed=3, ar=0.2)
+    base = load_config(overrides={"env": {"episode_length": 100}, "agent": {"learning_starts": 50, "buffer_size": 300},
+                                  "train": {"episodes": 2, "num_seeds": 2, "ensemble": ensemble}})
+    scored = score_config({"agent.gamma": 0.5}, data, base, 2)
+    trial = train(base.replace({"agent": {"gamma": 0.5}}), data, progress=False)  # what a sweep trial trains
+    assert scored["val_search"] == pytest.approx(trial.final["val_sharpe"], abs=1e-12)
+    assert len(scored["test_fresh"]) == 2 and len(scored["val_all"]) == (1 if ensemble else 2) + 2
+    assert scored["search_steps"] == 2 * 200

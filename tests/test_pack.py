@@ -281,3 +281,18 @@ def test_select_keeps_the_parameters_of_the_best_validation_evaluation(tmp_path)
     assert torch.equal(again.net.flat, kept.net.flat)
     if best["episodes"] != 4:
         assert not torch.equal(kept.net.flat, res.learner.net.flat)
+
+
+def test_ensemble_members_of_a_pack_are_validated_as_their_runs_alone():
+    # train.ensemble is a group key: each configuration of the pack is scored as the ensemble of its own seeds
+    configs = [small(train={"ensemble": True}),
+               small(agent={"learning_rate": 1e-3, "hidden": [16, 24]}, train={"ensemble": True, "seed": 5,
+                                                                                 "num_seeds": 3})]
+    packed = train_pack(configs, DATA)
+    for cfg, got in zip(configs, packed, strict=True):
+        alone = train(cfg, DATA, progress=False)
+        assert [e["val_sharpe_std"] for e in got.evaluations] == [0.0] * 3
+        assert [e["val_sharpe"] for e in got.evaluations] == pytest.approx(
+            [r["val_sharpe"] for r in alone.history], rel=1e-4, abs=1e-6)
+        assert got.val_returns.shape[1] == 1  # one policy: one column of validation returns
+    assert pack_conflict(configs[0], small()) == "train.ensemble differs (True vs False): a setting of the pack's whole run"

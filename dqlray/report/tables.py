@@ -23,8 +23,11 @@ def metric_columns(first: str = "Policy") -> list[Column]:
 
 
 def seed_label(evaluation: dict[str, Any], k: int) -> str:
-    """``seed 7`` for the k-th agent column (the seed value when the evaluation lists seeds)."""
+    """``seed 7`` for the k-th agent column (the seed value when the evaluation lists seeds); ``ensemble of 4
+    seeds`` for a run scored as its seeds' ensemble (``train.ensemble``, one agent column)."""
     seeds = evaluation.get("seeds") or []
+    if evaluation.get("policy") == "ensemble":
+        return f"ensemble of {len(seeds)} seeds"
     return f"seed {seeds[k]}" if k < len(seeds) else f"seed #{k}"
 
 
@@ -32,8 +35,9 @@ def evaluation_rows(evaluation: dict[str, Any], *, seeds: bool = True) -> list[R
     """Rows of an ``eval.json``-shaped evaluation: agent mean ± sd, optionally each seed, then every baseline."""
     summ = evaluation["agent"]["summary"]
     n = len(evaluation["agent"].get("per_seed", []))
+    spread = seed_label(evaluation, 0) if evaluation.get("policy") == "ensemble" else f"± sd over {n} seeds"
     rows = [Row("agent", {"policy": "agent, mean", **{k: summ[k]["mean"] for k in METRICS if k in summ}},
-                sd={k: summ[k]["std"] for k in METRICS if k in summ}, cls="agent", sub={"policy": f"± sd over {n} seeds"})]
+                sd={k: summ[k]["std"] for k in METRICS if k in summ}, cls="agent", sub={"policy": spread})]
     if seeds:
         for k, m in enumerate(evaluation["agent"].get("per_seed", [])):
             rows.append(Row(f"agent_seed{k}", {"policy": seed_label(evaluation, k), **m}, cls="seed", compete=False))
