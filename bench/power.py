@@ -87,12 +87,17 @@ def market_specs(which: str, quick: bool, kinds: list[str] | None = None) -> lis
 
 
 def sample_pool(sf: Any, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` configurations drawn from the sweep file's search space with Ray Tune's own samplers (seeded)."""
-    from dqlray.tuning.space import tune_space
+    """``n`` configurations drawn from the sweep file's search space as the sweep's random search draws them
+    (Optuna's ``RandomSampler``, seeded)."""
+    import optuna
 
-    space = tune_space(sf)
-    rng = np.random.default_rng(seed)
-    return [{k: dom.sample(random_state=rng) for k, dom in space.items()} for _ in range(n)]
+    from dqlray.tuning.search import optuna_space
+    from dqlray.tuning.space import decode
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
+    space = optuna_space(sf)
+    return [{k: decode(v) for k, v in study.ask(space).params.items()} for _ in range(n)]
 
 
 def score_config(params: dict[str, Any], data: Any, base: Any, n_fresh: int) -> dict[str, Any]:

@@ -769,11 +769,13 @@ def _pct(v: Any) -> str:
     return "" if f is None else f"{f:.0%}"
 
 
-def zero_null_dsr_text(dsr: Mapping[str, Any]) -> str:
-    """The old zero-null deflated Sharpe (``summary.json``'s ``deflated_sharpe``), labelled as what it is."""
+def zero_null_dsr_text(dsr: Mapping[str, Any], among: str | None = None) -> str:
+    """The old zero-null deflated Sharpe (``summary.json``'s ``deflated_sharpe``), labelled as what it is;
+    ``among`` names what the best was chosen from (default ``N trials``)."""
+    among = among or f"{dsr.get('n_trials')} trials"
     return (f"deflated Sharpe ratio against a Sharpe of zero {_num(dsr.get('dsr'))} (test Sharpe "
             f"{_ir(dsr.get('sharpe'))} per seed against {_ir(dsr.get('sr0'))} expected from the best of "
-            f"{dsr.get('n_trials')} unskilled trials). Its null is a Sharpe of 0, which a drifting market clears "
+            f"{among}, unskilled). Its null is a Sharpe of 0, which a drifting market clears "
             "without skill; the verdict measures skill against the benchmark.")
 
 

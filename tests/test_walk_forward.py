@@ -104,7 +104,7 @@ def test_walk_forward_sweep_fold_by_fold_resume_and_stitch(tmp_path):
         "The walk-forward agent (3 folds, each tuned on its own past) ")
     for f in s["folds"]:  # each fold keeps its own search check, winner and config
         assert f["verdict"]["n_trials"] == 2 and f["verdict"]["pbo"] is not None and f["best_params"]
-        assert f["best_trial"] in {p.name.removeprefix("trial_") for p in (exp / f["dir"]).glob("trial_*")}
+        assert f["best_trial"] in {p.name for p in (exp / f["dir"] / "configs").iterdir()}
     html = (exp / "report" / "report.html").read_text()
     assert "Each fold's winning configuration" in html and v["statement"].split(":")[0] in html
     meta = json.loads((exp / "walk_forward.json").read_text())

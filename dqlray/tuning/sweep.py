@@ -340,7 +340,9 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     if search is None:
         out("  (no validation returns of the configurations were kept: check 3, the deflated Sharpe of the validation "
             "information ratio and the PBO, is left out)")
-    out(f"Detail, not the verdict: {zero_null_dsr_text(dsr)}")
+    among = (f"{dsr['n_trials']} configurations" if len(candidates) == len(tried) else
+             f"{dsr['n_trials']} checkpoints ({len(tried)} configurations, every validation evaluation)")
+    out(f"Detail, not the verdict: {zero_null_dsr_text(dsr, among)}")
     out(f"Best config: {exp / 'best_config.yaml'}")
     return summary
 
