@@ -146,15 +146,15 @@ def test_sweep_runs_on_both_nodes_and_leaves_nothing(slurm, tmp_path):
     """The real driver, tune_main.py, with a small packed sweep on the bundled data (issue 14).
 
     Four configurations in two packs of two, one pack per node. tune_main.py reuses actors, so a
-    pack must outlast the skew between the two nodes' first actor start-ups (about 5 s here) or the
-    faster node's actor takes every pack: 60 episodes (about 12 s) for the configurations that ASHA
-    cannot stop, the first ones at each rung.
+    pack must outlast the skew between the two nodes' first actor start-ups (about 5 s here, 15 s and
+    more on a loaded machine) or the faster node's actor takes every pack: 150 episodes (about 30 s) for
+    the configurations that ASHA cannot stop, the first ones at each rung.
     """
     storage = tmp_path / "results"
     job = slurm.sbatch(
         *SMALL_JOB, f"--output={tmp_path}/%j.out", str(HEAD),
         "--storage-path", str(storage), "--experiment-name", "e2e",
-        "--num-samples", "4", "--pack", "2", "--episodes", "60", "--num-seeds", "1",
+        "--num-samples", "4", "--pack", "2", "--episodes", "150", "--num-seeds", "1",
     )
     # While trials run: every port the job's Ray listens on is in its per-node block.
     deadline = time.monotonic() + 180

@@ -177,14 +177,16 @@ def test_packed_sweep_asha_optuna_retry_and_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_packed_configuration_equals_its_run_alone(tmp_path):
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_packed_configuration_equals_its_run_alone(tmp_path, ensemble):
     from dqlray.config import build_config
     from dqlray.data import load_ohlcv
     from dqlray.trainer import train
     from dqlray.tuning.space import trial_config
 
     # widths and batch sizes differ inside the pack: padded and masked; each keeps its best validation checkpoint
-    cfg = write_sweep(tmp_path, train={"episodes": 3, "num_seeds": 2, "select": "best_val_sharpe"},
+    # (with train.ensemble each is validated and tested as its seeds' ensemble, as alone: issue 12)
+    cfg = write_sweep(tmp_path, train={"episodes": 3, "num_seeds": 2, "select": "best_val_sharpe", "ensemble": ensemble},
                       scheduler="none", num_samples=3, pack=3, space={"agent.batch_size": {"choice": [8, 16]},
                                                                      "agent.hidden": {"choice": [[8, 8], [16, 16]]}})
     proc = subprocess.run(tune_cmd(cfg, tmp_path, "eq"), capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -207,7 +209,8 @@ def test_a_packed_configuration_equals_its_run_alone(tmp_path):
                                                    abs=1e-6)
         chosen = torch.load(exp / "configs" / cid / "selected" / "state.pt", weights_only=False)
         assert torch.allclose(chosen["learner"]["online"], alone.kept_learner().net.flat, rtol=1e-4, atol=1e-6)
-        assert np.load(exp / "configs" / cid / "val_returns.npy").shape[1] == 2  # (bars, seeds)
+        # (bars, seeds), or one column: the ensemble is one policy
+        assert np.load(exp / "configs" / cid / "val_returns.npy").shape[1] == (1 if ensemble else 2)
         assert (exp / "configs" / cid / "val_returns_last.npy").exists()
     # the deflated Sharpe counts every evaluation the selection chose among, and the winner's chosen checkpoint
     # was the one evaluated on test
@@ -215,6 +218,8 @@ def test_a_packed_configuration_equals_its_run_alone(tmp_path):
     assert summary["n_candidates"] == 9 and summary["deflated_sharpe"]["n_trials"] == 9
     assert summary["selected_episode"] == recs[summary["best_trial"]]["selected_episode"]
     assert "best of 9 checkpoints (3 configurations" in proc.stdout
+    assert summary["test"]["policy"] == ("ensemble" if ensemble else "seeds")
+    assert len(summary["test"]["agent"]["per_seed"]) == (1 if ensemble else 2)
 
 
 @pytest.mark.slow
