@@ -193,15 +193,9 @@ def _train_walk_forward(args: argparse.Namespace, config: Any, notifier: Any, st
 
 def _build_report(run_dir: Any) -> str | None:
     """Write the run's HTML report; return the equity PNG path (None when the report could not be built)."""
-    from dqlray.report import build_report
+    from dqlray.report import report_after_run
 
-    try:
-        out = build_report(run_dir)
-    except Exception as e:  # noqa: BLE001 - the run is saved; `dqlray report DIR` can retry
-        print(f"warning: no report: {type(e).__name__}: {e}", file=sys.stderr)
-        return None
-    print(f"Report: {out.html}")
-    return str(out.equity_png) if getattr(out, "equity_png", None) else None
+    return report_after_run(run_dir, warn=lambda line: print(line, file=sys.stderr))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ Command line: ``dqlray report DIR`` (a run, sweep or walk-forward folder) and ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dqlray.report.compare import build_comparison_report
@@ -21,7 +22,7 @@ from dqlray.report.sweep import build_sweep_report
 from dqlray.report.walkforward import build_walk_forward_report
 
 __all__ = ["Report", "build_comparison_report", "build_report", "build_run_report", "build_sweep_report",
-           "build_walk_forward_report", "folder_kind"]
+           "build_walk_forward_report", "folder_kind", "report_after_run"]
 
 
 def build_report(path: str | Path, out_dir: str | Path | None = None) -> Report:
@@ -32,3 +33,17 @@ def build_report(path: str | Path, out_dir: str | Path | None = None) -> Report:
     if kind == "sweep":
         return build_sweep_report(path, out_dir)
     return build_run_report(path, out_dir)
+
+
+def report_after_run(path: str | Path, out: Callable[[str], None] = print,
+                     warn: Callable[[str], None] | None = None) -> str | None:
+    """Build ``path``'s report at the end of a run, sweep or walk-forward and print where it is; return the picture
+    for the completion message. A report that fails is a warning (``warn``, default ``out``), never the run's
+    failure: the results are saved and ``dqlray report DIR`` can retry."""
+    try:
+        rep = build_report(path)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        (warn or out)(f"warning: no report: {type(e).__name__}: {e}")
+        return None
+    out(f"Report: {rep.html}")
+    return str(rep.equity_png) if rep.equity_png else None

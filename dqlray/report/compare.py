@@ -56,19 +56,15 @@ def load_entry(path: str | Path, label: str | None = None) -> Entry:
         return Entry(label or run.name, p, "run", run.evaluation, run.meta.get("data_hash"), run.meta.get("data_file"),
                      run.evaluation.get("costs_bps", run.meta.get("costs_bps")), _period(eq), eq,
                      run.evaluation.get("verdict"), run.meta.get("git_commit"))
-    if kind == "walk_forward":
-        wf = load_walk_forward(p)
-        s = wf.summary or {}
-        if "test" not in s:
-            raise DqlrayError(f"{p}: no summary.json: the walk-forward folds have not all finished and been stitched")
-        return Entry(label or wf.name, p, "walk-forward", s["test"], s.get("data_hash"), s.get("data_file"),
-                     s["test"].get("costs_bps"), _period(wf.equity), wf.equity, s.get("verdict"), s.get("git_commit"))
-    sw = load_sweep(p)
-    s = sw.summary or {}
+    wf = kind == "walk_forward"
+    folder = load_walk_forward(p) if wf else load_sweep(p)
+    s = folder.summary or {}
     if "test" not in s:
-        raise DqlrayError(f"{p}: no summary.json with a test evaluation: the sweep has not completed")
-    return Entry(label or sw.name, p, "sweep", s["test"], s.get("data_hash"), s.get("data_file"),
-                 s["test"].get("costs_bps"), _period(sw.equity), sw.equity, s.get("verdict"), s.get("git_commit"))
+        raise DqlrayError(f"{p}: no summary.json: the walk-forward folds have not all finished and been stitched" if wf
+                          else f"{p}: no summary.json with a test evaluation: the sweep has not completed")
+    return Entry(label or folder.name, p, "walk-forward" if wf else "sweep", s["test"], s.get("data_hash"),
+                 s.get("data_file"), s["test"].get("costs_bps"), _period(folder.equity), folder.equity,
+                 s.get("verdict"), s.get("git_commit"))
 
 
 def _period(eq: pd.DataFrame | None) -> str | None:

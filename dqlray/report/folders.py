@@ -240,3 +240,13 @@ def load_walk_forward(path: str | Path) -> WalkForwardFolder:
     eq = read_csv(p / "equity_test.csv", dates=True) if (p / "equity_test.csv").exists() else None
     pos = read_csv(p / "positions_test.csv", dates=True) if (p / "positions_test.csv").exists() else None
     return WalkForwardFolder(path=p, plan=plan, summary=_json(p / "summary.json"), equity=eq, positions=pos)
+
+
+REPORT_DIR = "report"
+
+
+def report_dir(folder: Path, out_dir: str | Path | None) -> Path:
+    """Where a folder's report goes (``out_dir``, default ``<folder>/report``), created."""
+    out = Path(out_dir) if out_dir is not None else folder / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    return out

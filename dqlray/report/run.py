@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from dqlray.formatting import fmt
 from dqlray.report import plots
-from dqlray.report.folders import RunFolder, load_run, resolve_data_file
+from dqlray.report.folders import RunFolder, load_run, report_dir, resolve_data_file
 from dqlray.report.format import METRICS, pretty_name
 from dqlray.report.html import Document, Report, cards, figure, kv_table, note, render_table, table_records
 from dqlray.report.tables import (
@@ -27,8 +27,6 @@ from dqlray.report.tables import (
 from dqlray.report.verdict import verdict_card, verdict_details, verdict_note
 from dqlray.runinfo import atomic_write_text
 
-REPORT_DIR = "report"
-
 
 def build_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, tensorboard: bool = True) -> Report:
     """Write ``<run_dir>/report/report.html`` (self-contained) with its PNGs and CSV/JSON tables; return the paths.
@@ -38,8 +36,7 @@ def build_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
     installed; it comes with Ray Tune).
     """
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir(run.path, out_dir)
     images: dict[str, Path] = {}
     tables: dict[str, Path] = {}
     ev = run.evaluation

@@ -11,7 +11,7 @@ from markupsafe import Markup
 
 from dqlray.formatting import fmt
 from dqlray.report import plots
-from dqlray.report.folders import SweepFolder, load_sweep
+from dqlray.report.folders import SweepFolder, load_sweep, report_dir
 from dqlray.report.format import metric_label, number_kind, param_label
 from dqlray.report.html import Column, Document, Report, Row, cards, figure, kv_table, note, render_table, table_records
 from dqlray.report.importance import Importance, param_importance, param_scale
@@ -19,14 +19,11 @@ from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, 
 from dqlray.report.verdict import verdict_card, verdict_details, verdict_note
 from dqlray.runinfo import atomic_write_text, json_text
 
-REPORT_DIR = "report"
-
 
 def build_sweep_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> Report:
     """Write ``<exp_dir>/report/report.html`` (self-contained) with its PNGs and CSV/JSON tables; return the paths."""
     sw = load_sweep(exp_dir)
-    out = Path(out_dir) if out_dir is not None else sw.path / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir(sw.path, out_dir)
     images: dict[str, Path] = {}
     tables: dict[str, Path] = {}
     s = sw.summary or {}

@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 from dqlray.formatting import fmt
 from dqlray.report import plots
-from dqlray.report.folders import WalkForwardFolder, load_walk_forward
+from dqlray.report.folders import WalkForwardFolder, load_walk_forward, report_dir
 from dqlray.report.format import param_label
 from dqlray.report.html import Column, Document, Report, Row, cards, figure, kv_table, note, render_table, table_records
 from dqlray.report.tables import evaluation_rows, mean_sd_html, metric_columns, save_table, versus
@@ -22,14 +22,11 @@ from dqlray.report.verdict import verdict_card, verdict_details, verdict_note
 from dqlray.runinfo import atomic_write_text
 from dqlray.verdict import benchmark_label
 
-REPORT_DIR = "report"
-
 
 def build_walk_forward_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> Report:
     """Write ``<exp_dir>/report/report.html`` (self-contained) with its PNGs and CSV/JSON tables; return the paths."""
     wf = load_walk_forward(exp_dir)
-    out = Path(out_dir) if out_dir is not None else wf.path / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir(wf.path, out_dir)
     images: dict[str, Path] = {}
     tables: dict[str, Path] = {}
     folds = wf.plan.get("folds") or []

@@ -35,6 +35,7 @@ from dqlray.lock import hold_folder
 from dqlray.metrics import deflated_sharpe, finite_or_none
 from dqlray.notify import SweepNotifier, get_notifier
 from dqlray.parts import build_market
+from dqlray.report import report_after_run
 from dqlray.runinfo import atomic_write_text, git_commit, package_versions, write_json
 from dqlray.trainer import checkpoint_bytes
 from dqlray.tuning.local_ray import LocalRay, local_ray_environment
@@ -467,7 +468,7 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
             sweep_notifier.time_limit()
             return EXIT_RESUMABLE
         summary = finish_sweep(run, data, out)
-        report_png = _sweep_report(exp, out)
+        report_png = report_after_run(exp, out)
         if "test" in summary:
             # the deflated Sharpe shown is the verdict's (of the validation IR, among its figures), not the zero-null
             # detail, whose message line would read as a claim of skill (issue 11)
@@ -491,15 +492,3 @@ def _stop_on_sigterm() -> None:
     after ``ray.init``, whose failure-signal handler takes SIGTERM over and aborts the driver (exit 134)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGUSR1))
-
-
-def _sweep_report(exp: Path, out: Any) -> str | None:
-    from dqlray.report import build_sweep_report
-
-    try:
-        rep = build_sweep_report(exp)
-    except Exception as e:  # noqa: BLE001 - the sweep is saved; `dqlray report DIR` can retry
-        out(f"warning: no report: {type(e).__name__}: {e}")
-        return None
-    out(f"Report: {rep.html}")
-    return str(rep.equity_png) if getattr(rep, "equity_png", None) else None

@@ -20,6 +20,7 @@ from dqlray.cli import EXIT_RESUMABLE
 from dqlray.data import data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
 from dqlray.notify import SweepNotifier, get_notifier
+from dqlray.report import report_after_run
 from dqlray.runinfo import git_commit
 from dqlray.tuning.space import (
     SweepFile,
@@ -113,7 +114,7 @@ def run_walk_forward_sweep(run: SweepRun, *, only_fold: int | None = None, out: 
                                 benchmark_sharpe=s["test"]["baselines"].get(sf.base.verdict.benchmark, {}).get("sharpe")))
     summary = stitch_folds(exp, sf.base, folds, tuned=True, out=out,
                            extra={"data_file": sf.base.data.data_file, "data_hash": data_hash(data)})
-    image = _report(exp, out)
+    image = report_after_run(exp, out)
     notifier = SweepNotifier(get_notifier(), run.title or run.experiment_name)
     try:
         notifier.finished(best_config={f"fold {f['fold']}": f.get("best_trial") for f in folds},
@@ -123,15 +124,3 @@ def run_walk_forward_sweep(run: SweepRun, *, only_fold: int | None = None, out: 
     finally:
         notifier.close()
     return 0
-
-
-def _report(exp: Path, out: Any) -> str | None:
-    from dqlray.report import build_report
-
-    try:
-        rep = build_report(exp)
-    except Exception as e:  # noqa: BLE001 - the results are saved; `dqlray report DIR` can retry
-        out(f"warning: no report: {type(e).__name__}: {e}")
-        return None
-    out(f"Report: {rep.html}")
-    return str(rep.equity_png) if rep.equity_png else None
