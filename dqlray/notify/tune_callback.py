@@ -5,10 +5,8 @@ hook only updates counters and enqueues on the process's notifier, and never rai
 (``tuner.pkl``) and restores their ``get_state()`` on ``Tuner.restore``: the notifier (and so the token) is never
 pickled; a restored callback uses the process's notifier (:func:`~dqlray.notify.sender.get_notifier`, made by the
 sweep driver with its credentials), and the saved state makes the resumed sweep edit the same dashboard and resend
-nothing. Messages: 🚀 start, 📊 one dashboard edited at most every ``edit_interval_s``, ❌ one digest per burst of
-errored trials, and a final dashboard edit. Progress is in episodes (what trials report and ASHA schedules on).
-A packed trial (issue 14) counts as its configurations: each one's status and metrics come from the pack's result
-(``members``), so the counts, the top list and the digests are per configuration.
+nothing. Progress is in episodes (what trials report and ASHA schedules on). A packed trial (issue 14) counts as its
+configurations, each with its part of the pack's result (``members``).
 """
 
 from __future__ import annotations
@@ -32,18 +30,16 @@ log = logging.getLogger(LOGGER_NAME)
 
 DASHBOARD_KEY = "dashboard"
 STATE_VERSION = 1
+_RUNTIME = {"_notifier": None, "_burst_started": None, "_last_dashboard": None}
+"""Attributes that are not pickled (the notifier holds the token; the timers are of this process), and their value
+after unpickling (the clocks are the default ones then)."""
+_MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
+"""A packed trial's configuration status (:mod:`dqlray.pack`) as the dashboard counts it."""
 
 
 def _chat_fingerprint(cfg: NotifyConfig | None) -> str | None:
     """A short hash naming the chat (and API server) without storing the chat id itself."""
     return hashlib.sha256(f"{cfg.api_base}|{cfg.chat_id}".encode()).hexdigest()[:16] if cfg else None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _error_text(trial: Any) -> str:
@@ -68,7 +64,7 @@ class TelegramTuneCallback(Callback):
         experiment: sweep name shown in every message.
         notifier: the process's notifier; by default (and after ``Tuner.restore``) :func:`get_notifier`'s.
         metric, mode: the metric trials are ranked by (``val_sharpe``, ``max``).
-        num_samples: number of trials (else Tune's ``total_num_samples`` from ``setup``).
+        num_samples: number of configurations (else Tune's ``total_num_samples`` from ``setup``).
         space_summary: ``{name: description}`` of the search space for the start message (not raw config).
         max_t: ASHA's budget in episodes; a trial that completes below it was stopped early by ASHA.
         edit_interval_s: least time between two dashboard edits (Telegram: about 1 message/s per chat, 20/min to
@@ -103,10 +99,9 @@ class TelegramTuneCallback(Callback):
         self.edit_interval_s, self.error_digest_s = float(edit_interval_s), float(error_digest_s)
         self.resources = dict(resources) if isinstance(resources, Mapping) else resources
         self.end_flush_s = float(end_flush_s)
-        # Runtime-only (dropped by __getstate__): the notifier (it holds the token), clocks.
-        self._notifier = notifier
+        self._notifier, self._burst_started, self._last_dashboard = notifier, None, None
         self._clock, self._wall = clock, wall_clock
-        # Pickled state (also what get_state returns): nothing secret. _chat_fp names the chat _dashboard_id is in.
+        # The saved state (get_state): nothing secret. _chat_fp names the chat _dashboard_id is in.
         self._chat_fp = _chat_fingerprint(notifier.config) if notifier else None
         self._start_sent = False
         self._started_at: float | None = None
@@ -114,19 +109,15 @@ class TelegramTuneCallback(Callback):
         self._errors_reported: list[str] = []
         self._burst: list[str] = []
         self._dashboard_id: int | None = None
-        self._burst_started: float | None = None
-        self._last_dashboard: float | None = None
         self._dirty = False
 
     # ----------------------------------------------------------------------------------------------- state ---
 
     def __getstate__(self) -> dict[str, Any]:
-        drop = ("_notifier", "_clock", "_wall", "_burst_started", "_last_dashboard")
-        return {k: v for k, v in self.__dict__.items() if k not in drop}
+        return {k: v for k, v in self.__dict__.items() if k not in (*_RUNTIME, "_clock", "_wall")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _notifier=None, _clock=time.monotonic, _wall=time.time, _burst_started=None,
-                             _last_dashboard=None)
+        self.__dict__.update(state, **_RUNTIME, _clock=time.monotonic, _wall=time.time)
 
     @property
     def notifier(self) -> Notifier:
@@ -177,7 +168,8 @@ class TelegramTuneCallback(Callback):
         self._errors_reported = list(state.get("errors_reported") or [])
         self._burst = list(state.get("errors_pending") or [])
         self._burst_started = self._clock() if self._burst else None
-        self._chat_fp, self._dashboard_id = state.get("chat"), _int(state.get("dashboard_message_id"))
+        mid = finite_or_none(state.get("dashboard_message_id"))
+        self._chat_fp, self._dashboard_id = state.get("chat"), None if mid is None else int(mid)
         self._adopt_dashboard()
         self._dirty = True
 
@@ -202,10 +194,9 @@ class TelegramTuneCallback(Callback):
     @never_raises
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial's configurations as running (those that have not already ended)."""
-        for key, config in _units(trial):
-            info_ = self._unit(key, config)
-            if info_["status"] in ("pending", "running"):
-                info_["status"] = "running"
+        for _, entry, _ in self._configs(trial, {}):
+            if entry["status"] == "pending":
+                entry["status"] = "running"
         self._tick(dirty=True)
 
     @never_raises
@@ -213,56 +204,40 @@ class TelegramTuneCallback(Callback):
                         **info: Any) -> None:
         """Record the latest metrics of the trial's configurations; edit the dashboard if ``edit_interval_s`` has
         passed."""
-        members = _members(result)
-        if members is None:
-            self._record_result(self._trial(trial), result)["status"] = "running"
-        else:
-            configs = dict(_units(trial))
-            for key, m in members.items():
-                info_ = self._record_result(self._unit(key, configs.get(key, {})), m)
-                info_["status"] = _MEMBER_STATUS.get(str(m.get("status")), "running")
+        for _, entry, part in self._configs(trial, result):
+            if part is not None:
+                self._record(entry, part, "running")
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial's configurations as finished, or as stopped by ASHA when they ended below ``max_t``
         episodes (a pack's result says how each one ended)."""
-        last = getattr(trial, "last_result", None) or {}
-        members = _members(last)
-        if members is None:
-            info_ = self._record_result(self._trial(trial), last)
-            episodes = info_.get("episodes")
-            info_["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t else "finished"
-        else:
-            for key, config in _units(trial):
-                info_ = self._unit(key, config)
-                if key in members:
-                    self._record_result(info_, members[key])
-                    info_["status"] = _MEMBER_STATUS.get(str(members[key].get("status")), info_["status"])
-                if info_["status"] in ("pending", "running"):
-                    info_["status"] = "finished"
+        for _, entry, part in self._configs(trial, getattr(trial, "last_result", None) or {}):
+            if part is not None:
+                self._record(entry, part, entry["status"])
+            if entry["status"] in ("pending", "running"):
+                episodes = entry.get("episodes")
+                entry["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t \
+                    else "finished"
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial's unfinished configurations as errored and add them to the current burst (one ❌ digest
         per burst)."""
-        last = getattr(trial, "last_result", None) or {}
-        members = _members(last) or {}
         text, secrets = _error_text(trial), self.notifier.secrets
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         error = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
-        for key, config in _units(trial):
-            info_ = self._unit(key, config)
-            if key in members:
-                self._record_result(info_, members[key])
-            if info_["status"] in ("finished", "stopped") and key != str(trial.trial_id):
+        for key, entry, part in self._configs(trial, getattr(trial, "last_result", None) or {}):
+            if part is not None:
+                self._record(entry, part, entry["status"])
+            if entry["status"] in ("finished", "stopped") and key != str(trial.trial_id):
                 continue  # it had left its pack before the pack failed
-            info_["status"] = "errored"
-            info_["error"] = error
+            entry["status"], entry["error"] = "errored", error
             if key not in self._errors_reported and key not in self._burst:
                 self._burst.append(key)
-                info_["error_text"] = redact(text[-4000:], secrets)
+                entry["error_text"] = redact(text[-4000:], secrets)
                 if self._burst_started is None:
                     self._burst_started = self._clock()
         self._tick(dirty=True)
@@ -288,28 +263,35 @@ class TelegramTuneCallback(Callback):
 
     # -------------------------------------------------------------------------------------------- internals ---
 
-    def _trial(self, trial: Any) -> dict[str, Any]:
-        return self._unit(str(trial.trial_id), getattr(trial, "config", None) or {})
+    def _configs(self, trial: Any, result: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
+        """What the dashboard counts in a trial, as ``(key, entry, its part of result)``: each configuration of a
+        pack (issue 14; None where the result has no part for it), else the trial itself (the whole result)."""
+        config = getattr(trial, "config", None) or {}
+        pack = config.get("pack") if isinstance(config, Mapping) else None
+        if not isinstance(pack, list):
+            return [(str(trial.trial_id), self._entry(str(trial.trial_id), config), result)]
+        parts = members_of(dict(result))
+        return [(str(m["id"]), self._entry(str(m["id"]), m.get("params") or {}), parts.get(str(m["id"])))
+                for m in pack]
 
-    def _unit(self, key: str, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The entry of one configuration (a trial's, or one member of a packed trial's)."""
+    def _entry(self, key: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The dashboard's entry of one configuration (made pending on first sight)."""
         if key not in self._trials:
             self._trials[key] = {"status": "pending", "config": dict(messages.summarize_config(config, max_items=8)),
                                  "metric": None, "std": None, "val_return": None, "episodes": None}
         return self._trials[key]
 
-    def _record_result(self, info: dict[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
-        for key, name in ((self.metric, "metric"), (f"{self.metric}_std", "std"), ("val_return", "val_return")):
+    def _record(self, entry: dict[str, Any], result: Mapping[str, Any], status: str) -> None:
+        """Take the metrics of ``result``; the status is a pack member's own, else ``status``."""
+        for name, key in (("metric", self.metric), ("std", f"{self.metric}_std"), ("val_return", "val_return"),
+                          ("episodes", "episodes")):
             value = finite_or_none(result.get(key))
             if value is not None:
-                info[name] = value
-        episodes = _int(result.get("episodes"))
-        if episodes is not None:
-            info["episodes"] = episodes
-        return info
+                entry[name] = int(value) if name == "episodes" else value
+        entry["status"] = _MEMBER_STATUS.get(str(result.get("status")), status)
 
     def counts(self) -> dict[str, int]:
-        """Trials per status: running, finished, stopped (by ASHA), errored, pending."""
+        """Configurations per status: running, finished, stopped (by ASHA), errored, pending."""
         c = {"running": 0, "finished": 0, "stopped": 0, "errored": 0, "pending": 0}
         for info in self._trials.values():
             c[info["status"]] = c.get(info["status"], 0) + 1
@@ -332,7 +314,7 @@ class TelegramTuneCallback(Callback):
         return elapsed * max(0.0, total - done) / done if done > 0 and total > 0 else None
 
     def dashboard_text(self, *, final: bool = False) -> str:
-        """The dashboard as it would be sent now: the ``top_k`` trials by the metric, best first."""
+        """The dashboard as it would be sent now: the ``top_k`` configurations by the metric, best first."""
         counts = self.counts()
         elapsed = self._wall() - self._started_at if self._started_at is not None else None
         sign = -1.0 if self.mode == "max" else 1.0
@@ -353,31 +335,13 @@ class TelegramTuneCallback(Callback):
 
     def _send_error_digest(self) -> None:
         burst, self._burst, self._burst_started = self._burst, [], None
-        errors = [(tid, self._trials.get(tid, {}).get("config") or {}, self._trials.get(tid, {}).get("error", ""))
-                  for tid in burst]
+        entries = [self._trials.get(tid, {}) for tid in burst]
+        errors = [(tid, e.get("config") or {}, e.get("error", "")) for tid, e in zip(burst, entries, strict=True)]
+        tails = [e.pop("error_text", None) for e in entries]  # the tails are sent once, never saved
         total_errored = sum(1 for info in self._trials.values() if info["status"] == "errored")
-        tails = [self._trials.get(tid, {}).pop("error_text", None) for tid in burst]
         self.notifier.notify(messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tails[0],
                                                    secrets=self.notifier.secrets), critical=True)
         self._errors_reported.extend(burst)
-
-
-_MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
-"""A packed trial's configuration status (:mod:`dqlray.pack`) as the dashboard counts it."""
-
-
-def _units(trial: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    """What the dashboard counts in a trial: each configuration of a pack (issue 14), else the trial itself."""
-    config = getattr(trial, "config", None) or {}
-    pack = config.get("pack") if isinstance(config, Mapping) else None
-    if isinstance(pack, list):
-        return [(str(m["id"]), m.get("params") or {}) for m in pack]
-    return [(str(trial.trial_id), config)]
-
-
-def _members(result: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A packed trial's result per configuration, else None."""
-    return members_of(dict(result)) or None
 
 
 def _cluster_resources() -> dict[str, Any] | None:
