@@ -44,12 +44,6 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "dqlray" / "notify-spool"
 
 
-def default_config_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/dqlray/notify.yaml`` or ``~/.config/dqlray/notify.yaml``."""
-    base = (os.environ if env is None else env).get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "dqlray" / "notify.yaml"
-
-
 def _is_loopback(host: str) -> bool:
     try:  # plain http, or SMTP without TLS, only to this machine
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -195,43 +189,62 @@ def check_private_file(path: Path) -> None:
                           f"the bot token; fix with: chmod 600 {path}")
 
 
-# Keys of the config file; ``smtp.from``/``smtp.to`` are SmtpConfig's ``sender``/``recipients``.
-_FILE_KEYS = {"telegram": ("api_base", "chat_id", "message_thread_id", "token"),
-              "smtp": ("ca_file", "from", "host", "password", "port", "security", "timeout_s", "to", "username")}
-ENV = {"telegram.token": "TELEGRAM_BOT_TOKEN", "telegram.chat_id": "TELEGRAM_CHAT_ID",
-        "telegram.api_base": "DQLRAY_TELEGRAM_API_BASE", "telegram.message_thread_id": "DQLRAY_TELEGRAM_THREAD_ID",
-        "smtp.host": "DQLRAY_SMTP_HOST", "smtp.port": "DQLRAY_SMTP_PORT", "smtp.security": "DQLRAY_SMTP_SECURITY",
-        "smtp.username": "DQLRAY_SMTP_USER", "smtp.password": "DQLRAY_SMTP_PASSWORD", "smtp.from": "DQLRAY_SMTP_FROM",
-        "smtp.to": "DQLRAY_SMTP_TO", "smtp.ca_file": "DQLRAY_SMTP_CA_FILE", "spool_dir": "DQLRAY_NOTIFY_SPOOL"}
-"""The environment variable of each config file key (``smtp.to`` is comma-separated)."""
+def _addresses(value: Any) -> tuple[str, ...]:
+    return tuple(a.strip() for a in (value.split(",") if isinstance(value, str) else value) if a.strip())
+
+
+KEYS: dict[str, tuple[str, str, Any]] = {
+    "telegram.api_base": ("api_base", "DQLRAY_TELEGRAM_API_BASE", str),
+    "telegram.chat_id": ("chat_id", "TELEGRAM_CHAT_ID", str),
+    "telegram.message_thread_id": ("message_thread_id", "DQLRAY_TELEGRAM_THREAD_ID", int),
+    "telegram.token": ("token", "TELEGRAM_BOT_TOKEN", lambda v: str(v).strip()),
+    "smtp.ca_file": ("ca_file", "DQLRAY_SMTP_CA_FILE", str),
+    "smtp.from": ("sender", "DQLRAY_SMTP_FROM", str),
+    "smtp.host": ("host", "DQLRAY_SMTP_HOST", str),
+    "smtp.password": ("password", "DQLRAY_SMTP_PASSWORD", str),
+    "smtp.port": ("port", "DQLRAY_SMTP_PORT", int),
+    "smtp.security": ("security", "DQLRAY_SMTP_SECURITY", lambda v: str(v).lower()),
+    "smtp.timeout_s": ("timeout_s", "", float),
+    "smtp.to": ("recipients", "DQLRAY_SMTP_TO", _addresses),
+    "smtp.username": ("username", "DQLRAY_SMTP_USER", str),
+    "spool_dir": ("spool_dir", "DQLRAY_NOTIFY_SPOOL", Path),
+}
+"""Each config file key: the field it sets, the environment variable that overrides it, and how a value is read
+(an environment variable's is text; ``smtp.to`` is a list, or comma-separated)."""
+_READS = {int: "an integer", float: "a number"}
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
+    """The file's values by key (``telegram.token``), once its permissions and its keys are checked."""
     check_private_file(path)
-    data = load_yaml(path)
-    unknown = []
-    for key, value in data.items():
-        if key not in _FILE_KEYS:
-            unknown += [] if key == "spool_dir" else [str(key)]
+    flat: dict[str, Any] = {}
+    for key, value in load_yaml(path).items():
+        if key not in ("telegram", "smtp"):
+            flat[str(key)] = value
         elif value is not None and not isinstance(value, dict):
             raise ConfigError(f"notify config {path}: '{key}' must be a mapping")
         else:
-            unknown += [f"{key}.{k}" for k in value or {} if k not in _FILE_KEYS[key]]
+            flat.update((f"{key}.{k}", v) for k, v in (value or {}).items())
+    unknown = [key for key in flat if key not in KEYS]
     if unknown:
-        allowed = [*(f"{s}.{k}" for s, keys in _FILE_KEYS.items() for k in keys), "spool_dir"]
-        raise ConfigError(f"notify config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    return data
+        raise ConfigError(f"notify config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
+    return flat
 
 
 def _first(*values: Any) -> Any:
     return next((v for v in values if v not in (None, "")), None)
 
 
-def _as_int(name: str, value: Any) -> int | None:
-    try:
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not allowed: use an integer") from None
+def _fields(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The fields the given ``values`` (by key) set in one section; the section's defaults hold for the rest."""
+    out = {}
+    for key, (name, _, read) in KEYS.items():
+        if key.startswith(prefix) and key in values:
+            try:
+                out[name] = read(values[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}={values[key]!r} is not allowed: use {_READS.get(read, 'text')}") from None
+    return out
 
 
 def load_notify_config(token: str | None = None, chat_id: str | int | None = None,
@@ -253,36 +266,22 @@ def load_notify_config(token: str | None = None, chat_id: str | int | None = Non
                       "scontrol show job); put them in TELEGRAM_BOT_TOKEN/TELEGRAM_CHAT_ID or a chmod 600 "
                       "~/.config/dqlray/notify.yaml instead", CommandLineSecretWarning, stacklevel=2)
     explicit = config_file or env.get("DQLRAY_NOTIFY_CONFIG")
-    path = Path(explicit).expanduser() if explicit else default_config_path(env)
+    path = Path(explicit or Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "dqlray/notify.yaml")
+    path = path.expanduser()
     if explicit and not path.exists():
         raise ConfigError(f"notify config {path} does not exist (from "
                           f"{'config_file' if config_file else 'DQLRAY_NOTIFY_CONFIG'})")
     data = _read_config_file(path) if path.exists() else {}
-
-    def get(key: str) -> Any:
-        section, _, name = key.rpartition(".")
-        from_file = (data.get(section) or {}).get(name) if section else data.get(name)
-        return _first(env.get(ENV.get(key, "")), from_file)
-
-    tok, chat = _first(token, get("telegram.token")), _first(chat_id, get("telegram.chat_id"))
-    if tok is None and chat is None:
+    args = {"telegram.token": token, "telegram.chat_id": chat_id}
+    values = {key: v for key, (_, var, _) in KEYS.items() if (v := _first(args.get(key), env.get(var), data.get(key)))}
+    values.setdefault("spool_dir", default_spool_dir(env))
+    if "telegram.token" not in values and "telegram.chat_id" not in values:
         return None
-    if tok is None:
+    if "telegram.token" not in values:
         raise ConfigError(f"TELEGRAM_CHAT_ID is set but no bot token: set TELEGRAM_BOT_TOKEN or telegram.token in {path}")
-    if chat is None:
+    if "telegram.chat_id" not in values:
         raise ConfigError(f"a Telegram bot token is set but no chat: set TELEGRAM_CHAT_ID or telegram.chat_id in {path}")
-    smtp = None
-    if get("smtp.host"):
-        to = get("smtp.to")
-        smtp = SmtpConfig(
-            host=str(get("smtp.host")), port=_as_int("smtp.port", get("smtp.port")) or 587,
-            security=str(get("smtp.security") or "starttls").lower(), username=get("smtp.username"),
-            password=get("smtp.password"), sender=str(get("smtp.from") or ""), ca_file=get("smtp.ca_file"),
-            recipients=tuple(a.strip() for a in (to.split(",") if isinstance(to, str) else to or []) if a.strip()),
-            timeout_s=float(get("smtp.timeout_s") or 20.0))
-    return NotifyConfig(**{
-        "token": str(tok).strip(), "chat_id": str(chat), "api_base": get("telegram.api_base") or DEFAULT_API_BASE,
-        "message_thread_id": _as_int("telegram.message_thread_id", get("telegram.message_thread_id")),
-        "smtp": smtp, "spool_dir": Path(get("spool_dir") or default_spool_dir(env)).expanduser(),
-        "source": "arguments" if token else ("environment" if env.get("TELEGRAM_BOT_TOKEN") else str(path)),
-        **overrides})
+    smtp = SmtpConfig(**_fields(values, "smtp.")) if "smtp.host" in values else None
+    source = "arguments" if token else ("environment" if env.get("TELEGRAM_BOT_TOKEN") else str(path))
+    return NotifyConfig(**_fields(values, "telegram."), **_fields(values, "spool_dir"), smtp=smtp, source=source,
+                        **overrides)

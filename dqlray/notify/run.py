@@ -113,7 +113,7 @@ class RunNotifier(_BaseNotifier):
         self._total, self._t0 = episodes, self._clock()
         ctx = {**job_context(), **{k: str(v) for k, v in extra.items()}}
         self.notifier.notify(messages.run_start(self.experiment, agent_type=agent_type, episodes=episodes,
-                                                data_file=data_file, context=ctx), fallback=True)
+                                                data_file=data_file, context=ctx), critical=True)
 
     @never_raises
     def progress(self, *, episode: int, total: int, mean_reward: float | None = None, loss: float | None = None,

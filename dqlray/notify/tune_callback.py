@@ -188,7 +188,7 @@ class TelegramTuneCallback(Callback):
         resources = self.resources if self.resources is not None else _cluster_resources()
         self.notifier.notify(messages.sweep_start(self.experiment, metric=self.metric, mode=self.mode,
                                                   num_samples=self.num_samples, space_summary=self.space_summary,
-                                                  resources=resources, max_t=self.max_t), fallback=True)
+                                                  resources=resources, max_t=self.max_t), critical=True)
         self._start_sent = True
 
     @never_raises
