@@ -156,9 +156,9 @@ class Notifier:
 
         ``text`` is HTML within Telegram's limit (:mod:`~dqlray.notify.messages`), a caption with ``photo_path``.
         ``critical`` ones (start, end, error, time limit; ``fallback`` is the same) are never dropped, and are
-        spooled and emailed when Telegram cannot take them; ``silent`` ones do not buzz the phone; a newer one with the same ``key``
-        replaces a queued one, and with ``live`` it is one message edited in place, at most every ``min_interval_s``
-        (ignored while flushing). ``attachments`` go with the fallback email and the relay.
+        spooled and emailed when Telegram cannot take them; ``silent`` ones do not buzz the phone; a newer one with
+        the same ``key`` replaces a queued one, and with ``live`` it is one message edited in place, at most every
+        ``min_interval_s`` (ignored while flushing). ``attachments`` go with the fallback email and the relay.
         """
         if live and not key:
             raise ValueError("live=True needs a key naming the live message")
