@@ -1,11 +1,9 @@
 """Notification settings and credentials: frozen, keyword-only sections in the style of :mod:`dqlray.config`.
 
-Values come from environment variables or a protected config file, never the command line: explicit arguments (the
-guide's ``--telegram_token``/``--telegram_chat_id`` flags, accepted with a warning, because command lines are visible
-to other users in ``ps``, ``/proc/*/cmdline`` and ``scontrol show job``) override environment variables
-(``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``DQLRAY_SMTP_*``, ... :data:`ENV`), which override the config file
-(``$DQLRAY_NOTIFY_CONFIG``, else ``~/.config/dqlray/notify.yaml``; mode 0600, owned by the user; its format is in
-``docs/notifications.md``). Errors are :class:`~dqlray.errors.ConfigError` naming the field, never showing a secret.
+Precedence: the config file (``$DQLRAY_NOTIFY_CONFIG``, else ``~/.config/dqlray/notify.yaml``; mode 0600 and yours,
+format in ``docs/notifications.md``) < environment variables (:data:`KEYS`) < the guide's ``--telegram_token``/
+``--telegram_chat_id`` flags, accepted with a warning because command lines are visible to other users (``ps``,
+``scontrol show job``). Errors are :class:`~dqlray.errors.ConfigError` naming the field, never showing a secret.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from urllib.parse import urlsplit
 from dqlray.config import _check, load_yaml
 from dqlray.errors import ConfigError
 
-DEFAULT_API_BASE = "https://api.telegram.org"
 SMTP_SECURITY = ("starttls", "ssl", "none")
 _CHAT_ID = re.compile(r"^(-?\d{1,20}|@[A-Za-z][A-Za-z0-9_]{3,})$")
 
@@ -111,7 +108,7 @@ class NotifyConfig:
     """Telegram bot token from @BotFather (never printed; redacted from every output)."""
     chat_id: str
     """Target chat: a user or group id (groups are negative) or ``@channelname``."""
-    api_base: str = DEFAULT_API_BASE
+    api_base: str = "https://api.telegram.org"
     """Bot API base URL (a self-hosted Bot API server, or a local fake in tests). https, or http to loopback only."""
     message_thread_id: int | None = None
     """Forum topic to post into, if the chat is a forum."""
@@ -189,10 +186,6 @@ def check_private_file(path: Path) -> None:
                           f"the bot token; fix with: chmod 600 {path}")
 
 
-def _addresses(value: Any) -> tuple[str, ...]:
-    return tuple(a.strip() for a in (value.split(",") if isinstance(value, str) else value) if a.strip())
-
-
 KEYS: dict[str, tuple[str, str, Any]] = {
     "telegram.api_base": ("api_base", "DQLRAY_TELEGRAM_API_BASE", str),
     "telegram.chat_id": ("chat_id", "TELEGRAM_CHAT_ID", str),
@@ -205,7 +198,8 @@ KEYS: dict[str, tuple[str, str, Any]] = {
     "smtp.port": ("port", "DQLRAY_SMTP_PORT", int),
     "smtp.security": ("security", "DQLRAY_SMTP_SECURITY", lambda v: str(v).lower()),
     "smtp.timeout_s": ("timeout_s", "", float),
-    "smtp.to": ("recipients", "DQLRAY_SMTP_TO", _addresses),
+    "smtp.to": ("recipients", "DQLRAY_SMTP_TO",
+                lambda v: tuple(a.strip() for a in (v.split(",") if isinstance(v, str) else v) if a.strip())),
     "smtp.username": ("username", "DQLRAY_SMTP_USER", str),
     "spool_dir": ("spool_dir", "DQLRAY_NOTIFY_SPOOL", Path),
 }

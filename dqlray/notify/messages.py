@@ -80,18 +80,6 @@ def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
     return marker + "\n".join(reversed(kept))
 
 
-def _apply_tags(line: str, stack: list[tuple[str, str]]) -> None:
-    for m in _TAG.finditer(line):
-        name = m.group(2).lower()
-        if not m.group(1):
-            stack.append((name, m.group(0)))
-            continue
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i][0] == name:
-                del stack[i]
-                break
-
-
 def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     """Split HTML ``text`` into parts of at most ``limit`` visible UTF-16 units each.
 
@@ -129,7 +117,12 @@ def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         else:
             cur.append(line)
             cur_len += 1 + n
-        _apply_tags(line, stack)
+        for m in _TAG.finditer(line):  # the tags still open after this line
+            name = m.group(2).lower()
+            if not m.group(1):
+                stack.append((name, m.group(0)))
+            elif any(n == name for n, _ in stack):
+                del stack[max(i for i, (n, _) in enumerate(stack) if n == name)]
     close()
     return [p for p in parts if html_to_plain(p).strip()]
 
@@ -211,21 +204,15 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "<pre>" + esc("\n".join(lines)) + "</pre>"
 
 
-def metrics_table(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """The agent's metrics with one column per baseline (``{"buy&hold": {...}, "linear probe": {...}}``)."""
-    baselines = baselines or {}
-    rows = [["metric", "agent", *baselines]]
-    for key, value in (metrics or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append([str(key), fmt_num(value), *(fmt_num(b.get(key)) for b in baselines.values())])
-    return _table(rows) if len(rows) > 1 else ""
-
-
 def _results(label: str, metrics: Mapping[str, Any] | None, baselines: Mapping[str, Mapping[str, Any]] | None,
              statement: str, figures: Mapping[str, Any] | None) -> list[str]:
-    """The test result: metrics against each baseline, then the verdict as data (a sentence and its numbers)."""
-    table = metrics_table(metrics or {}, baselines)
-    return [*([label, table] if table else []), f"<b>{esc(statement)}</b>" if statement else "",
+    """The test result: the agent's metrics with a column per baseline (``{"buy&hold": {...}}``), then the verdict
+    as data (a sentence and its numbers)."""
+    baselines = baselines or {}
+    rows = [[str(k), fmt_num(v), *(fmt_num(b.get(k)) for b in baselines.values())]
+            for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [*([label, _table([["metric", "agent", *baselines], *rows])] if rows else []),
+            f"<b>{esc(statement)}</b>" if statement else "",
             *(f"{esc(k)}: {esc(fmt_num(v))}" for k, v in (figures or {}).items())]
 
 

@@ -11,6 +11,7 @@ configurations, each with its part of the pack's result (``members``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -33,6 +34,8 @@ STATE_VERSION = 1
 _RUNTIME = {"_notifier": None, "_burst_started": None, "_last_dashboard": None}
 """Attributes that are not pickled (the notifier holds the token; the timers are of this process), and their value
 after unpickling (the clocks are the default ones then)."""
+_SAVED = ("chat", "dashboard_message_id", "start_sent", "started_at", "trials", "errors_reported", "errors_pending")
+"""The attributes :meth:`TelegramTuneCallback.get_state` saves, by their keys in the state."""
 _MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
 """A packed trial's configuration status (:mod:`dqlray.pack`) as the dashboard counts it."""
 
@@ -101,14 +104,14 @@ class TelegramTuneCallback(Callback):
         self.end_flush_s = float(end_flush_s)
         self._notifier, self._burst_started, self._last_dashboard = notifier, None, None
         self._clock, self._wall = clock, wall_clock
-        # The saved state (get_state): nothing secret. _chat_fp names the chat _dashboard_id is in.
-        self._chat_fp = _chat_fingerprint(notifier.config) if notifier else None
-        self._start_sent = False
-        self._started_at: float | None = None
-        self._trials: dict[str, dict[str, Any]] = {}
-        self._errors_reported: list[str] = []
-        self._burst: list[str] = []
-        self._dashboard_id: int | None = None
+        # The saved state (get_state): nothing secret. ``chat`` names the chat the dashboard message is in.
+        self.chat = _chat_fingerprint(notifier.config) if notifier else None
+        self.dashboard_message_id: int | None = None
+        self.start_sent = False
+        self.started_at: float | None = None
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.errors_reported: list[str] = []
+        self.errors_pending: list[str] = []
         self._dirty = False
 
     # ----------------------------------------------------------------------------------------------- state ---
@@ -137,22 +140,18 @@ class TelegramTuneCallback(Callback):
         fp = _chat_fingerprint(self.notifier.config)
         if fp is None:
             return  # notifications off: keep the saved ids for a later restore that has credentials
-        if fp != self._chat_fp:
-            self._dashboard_id = None  # another chat: its message ids mean nothing
-        self._chat_fp = fp
-        if self._dashboard_id is not None:
-            self.notifier.set_live_message_id(DASHBOARD_KEY, self._dashboard_id)
+        if fp != self.chat:
+            self.dashboard_message_id = None  # another chat: its message ids mean nothing
+        self.chat = fp
+        if self.dashboard_message_id is not None:
+            self.notifier.set_live_message_id(DASHBOARD_KEY, self.dashboard_message_id)
 
     @never_raises
     def get_state(self) -> dict[str, Any] | None:
         """What a restored sweep needs to edit the same dashboard and resend nothing (no secrets)."""
-        self._dashboard_id = self.notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
-        return {
-            "version": STATE_VERSION, "experiment": self.experiment, "chat": self._chat_fp,
-            "dashboard_message_id": self._dashboard_id, "start_sent": self._start_sent,
-            "started_at": self._started_at, "trials": {tid: dict(info) for tid, info in self._trials.items()},
-            "errors_reported": list(self._errors_reported), "errors_pending": list(self._burst),
-        }
+        self.dashboard_message_id = self.notifier.live_message_id(DASHBOARD_KEY) or self.dashboard_message_id
+        return copy.deepcopy({"version": STATE_VERSION, "experiment": self.experiment,
+                              **{key: getattr(self, key) for key in _SAVED}})
 
     @never_raises
     def set_state(self, state: dict[str, Any]) -> None:
@@ -160,16 +159,11 @@ class TelegramTuneCallback(Callback):
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             log.warning("ignoring Telegram callback state of an unknown version")
             return
-        self._start_sent = bool(state.get("start_sent"))
-        self._started_at = state.get("started_at")
-        self._trials = {str(k): dict(v) for k, v in (state.get("trials") or {}).items()}
-        for info in self._trials.values():  # before issue 15 the episode count was stored as "env_steps"
+        for key in _SAVED:
+            setattr(self, key, copy.deepcopy(state.get(key, getattr(self, key))))
+        for info in self.trials.values():  # before issue 15 the episode count was stored as "env_steps"
             info.setdefault("episodes", info.pop("env_steps", None))
-        self._errors_reported = list(state.get("errors_reported") or [])
-        self._burst = list(state.get("errors_pending") or [])
-        self._burst_started = self._clock() if self._burst else None
-        mid = finite_or_none(state.get("dashboard_message_id"))
-        self._chat_fp, self._dashboard_id = state.get("chat"), None if mid is None else int(mid)
+        self._burst_started = self._clock() if self.errors_pending else None
         self._adopt_dashboard()
         self._dirty = True
 
@@ -181,15 +175,15 @@ class TelegramTuneCallback(Callback):
         """Send the 🚀 start message (once per sweep, not again after a restore)."""
         if self.num_samples is None:
             self.num_samples = total_num_samples or num_samples
-        if self._started_at is None:
-            self._started_at = self._wall()
-        if self._start_sent or not self.notifier.enabled:
+        if self.started_at is None:
+            self.started_at = self._wall()
+        if self.start_sent or not self.notifier.enabled:
             return
         resources = self.resources if self.resources is not None else _cluster_resources()
         self.notifier.notify(messages.sweep_start(self.experiment, metric=self.metric, mode=self.mode,
                                                   num_samples=self.num_samples, space_summary=self.space_summary,
                                                   resources=resources, max_t=self.max_t), critical=True)
-        self._start_sent = True
+        self.start_sent = True
 
     @never_raises
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -235,8 +229,8 @@ class TelegramTuneCallback(Callback):
             if entry["status"] in ("finished", "stopped") and key != str(trial.trial_id):
                 continue  # it had left its pack before the pack failed
             entry["status"], entry["error"] = "errored", error
-            if key not in self._errors_reported and key not in self._burst:
-                self._burst.append(key)
+            if key not in self.errors_reported and key not in self.errors_pending:
+                self.errors_pending.append(key)
                 entry["error_text"] = redact(text[-4000:], secrets)
                 if self._burst_started is None:
                     self._burst_started = self._clock()
@@ -253,13 +247,13 @@ class TelegramTuneCallback(Callback):
         try:
             for trial in trials or []:
                 tid = str(getattr(trial, "trial_id", ""))
-                if tid in self._trials and str(getattr(trial, "status", "")) == "ERROR":
-                    self._trials[tid]["status"] = "errored"
+                if tid in self.trials and str(getattr(trial, "status", "")) == "ERROR":
+                    self.trials[tid]["status"] = "errored"
             # The final edit says "finished" and drops the estimate, even with no new result.
             self._tick(dirty=True, force=True, final=True)
         finally:
             self.notifier.flush(self.end_flush_s)
-            self._dashboard_id = self.notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
+            self.dashboard_message_id = self.notifier.live_message_id(DASHBOARD_KEY) or self.dashboard_message_id
 
     # -------------------------------------------------------------------------------------------- internals ---
 
@@ -276,10 +270,10 @@ class TelegramTuneCallback(Callback):
 
     def _entry(self, key: str, config: Mapping[str, Any]) -> dict[str, Any]:
         """The dashboard's entry of one configuration (made pending on first sight)."""
-        if key not in self._trials:
-            self._trials[key] = {"status": "pending", "config": dict(messages.summarize_config(config, max_items=8)),
+        if key not in self.trials:
+            self.trials[key] = {"status": "pending", "config": dict(messages.summarize_config(config, max_items=8)),
                                  "metric": None, "std": None, "val_return": None, "episodes": None}
-        return self._trials[key]
+        return self.trials[key]
 
     def _record(self, entry: dict[str, Any], result: Mapping[str, Any], status: str) -> None:
         """Take the metrics of ``result``; the status is a pack member's own, else ``status``."""
@@ -293,9 +287,9 @@ class TelegramTuneCallback(Callback):
     def counts(self) -> dict[str, int]:
         """Configurations per status: running, finished, stopped (by ASHA), errored, pending."""
         c = {"running": 0, "finished": 0, "stopped": 0, "errored": 0, "pending": 0}
-        for info in self._trials.values():
+        for info in self.trials.values():
             c[info["status"]] = c.get(info["status"], 0) + 1
-        total = self.num_samples if self.num_samples and self.num_samples > 0 else len(self._trials)
+        total = self.num_samples if self.num_samples and self.num_samples > 0 else len(self.trials)
         c["pending"] = max(c["pending"], total - sum(v for k, v in c.items() if k != "pending"))
         return c
 
@@ -305,7 +299,7 @@ class TelegramTuneCallback(Callback):
         if elapsed is None or elapsed <= 0:
             return None
         done = 0.0
-        for info in self._trials.values():
+        for info in self.trials.values():
             if info["status"] in ("finished", "stopped", "errored"):
                 done += 1.0
             elif info["status"] == "running" and self.max_t and info.get("episodes"):
@@ -316,9 +310,9 @@ class TelegramTuneCallback(Callback):
     def dashboard_text(self, *, final: bool = False) -> str:
         """The dashboard as it would be sent now: the ``top_k`` configurations by the metric, best first."""
         counts = self.counts()
-        elapsed = self._wall() - self._started_at if self._started_at is not None else None
+        elapsed = self._wall() - self.started_at if self.started_at is not None else None
         sign = -1.0 if self.mode == "max" else 1.0
-        top = sorted(((tid, info) for tid, info in self._trials.items() if info.get("metric") is not None),
+        top = sorted(((tid, info) for tid, info in self.trials.items() if info.get("metric") is not None),
                      key=lambda item: (sign * item[1]["metric"], item[0]))[: self.top_k]
         return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts, top=top,
                                         elapsed_s=elapsed, eta_s=self._eta(elapsed, counts), final=final,
@@ -327,21 +321,21 @@ class TelegramTuneCallback(Callback):
     def _tick(self, *, dirty: bool = False, force: bool = False, final: bool = False) -> None:
         self._dirty = self._dirty or dirty
         now = self._clock()
-        if self._burst and (force or self._burst_started is None or now - self._burst_started >= self.error_digest_s):
+        if self.errors_pending and (force or self._burst_started is None or now - self._burst_started >= self.error_digest_s):
             self._send_error_digest()
         if self._dirty and (force or self._last_dashboard is None or now - self._last_dashboard >= self.edit_interval_s):
             self.notifier.notify(self.dashboard_text(final=final), silent=True, key=DASHBOARD_KEY, live=True)
             self._last_dashboard, self._dirty = now, False
 
     def _send_error_digest(self) -> None:
-        burst, self._burst, self._burst_started = self._burst, [], None
-        entries = [self._trials.get(tid, {}) for tid in burst]
+        burst, self.errors_pending, self._burst_started = self.errors_pending, [], None
+        entries = [self.trials.get(tid, {}) for tid in burst]
         errors = [(tid, e.get("config") or {}, e.get("error", "")) for tid, e in zip(burst, entries, strict=True)]
         tails = [e.pop("error_text", None) for e in entries]  # the tails are sent once, never saved
-        total_errored = sum(1 for info in self._trials.values() if info["status"] == "errored")
+        total_errored = sum(1 for info in self.trials.values() if info["status"] == "errored")
         self.notifier.notify(messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tails[0],
                                                    secrets=self.notifier.secrets), critical=True)
-        self._errors_reported.extend(burst)
+        self.errors_reported.extend(burst)
 
 
 def _cluster_resources() -> dict[str, Any] | None:
