@@ -246,13 +246,10 @@ def load_notify_config(token: str | None = None, chat_id: str | int | None = Non
                        **overrides: Any) -> NotifyConfig | None:
     """Load notification settings; ``None`` when nothing is configured (notifications are then off).
 
-    ``token``/``chat_id`` are the guide's ``--telegram_token``/``--telegram_chat_id`` flags: accepted, with a
-    :class:`CommandLineSecretWarning` (printed once per call site by Python's warnings machinery) because command
-    lines are visible to other users. ``env`` replaces ``os.environ`` (tests). ``overrides`` set other
-    :class:`NotifyConfig` fields (``min_interval_s=...``).
-
-    Raises :class:`~dqlray.errors.ConfigError` (one line, says how to fix) for a config file that is not 0600 and
-    yours, an unknown key, or a token without a chat id.
+    ``token``/``chat_id`` are the guide's flags (with a :class:`CommandLineSecretWarning`); ``env`` replaces
+    ``os.environ`` (tests); ``overrides`` set other :class:`NotifyConfig` fields (``min_interval_s=...``). Raises
+    :class:`~dqlray.errors.ConfigError` (one line, says how to fix) for a config file that is not 0600 and yours, an
+    unknown key, or a token without a chat id.
     """
     env = os.environ if env is None else env
     if token or chat_id:

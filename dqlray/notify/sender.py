@@ -3,10 +3,8 @@
 Why: a send inline in the training loop stalls or crashes training when Telegram is slow or absent (knockknock,
 notify-run#30), and a blocking send in a Tune callback stalls every trial (ray#35721). One notifier per process
 (:func:`get_notifier`, a no-op when nothing is configured) serves the run, the sweep driver and the Tune callback.
-Critical events are never dropped; keyed ones are coalesced (latest wins); when the queue is full the oldest routine
-one goes. A per-chat rate governor paces calls and holds a chat on 429; after ``breaker_threshold`` failures, or at
-once when no connection can be opened, the circuit opens and critical events go to email and the spool. At exit and
-on SIGTERM the flush waits only for a Telegram that answers (issue 13 item 4): see :meth:`Notifier.flush`.
+A per-chat rate governor paces calls and holds a chat on 429; after ``breaker_threshold`` failures, or at once when
+no connection can be opened, the circuit opens and critical messages go to email and the spool.
 """
 
 from __future__ import annotations
@@ -96,10 +94,7 @@ class Notifier:
     Args:
         cfg: credentials and limits; ``None`` (nothing configured) makes every method a no-op.
         clock: monotonic clock (injectable for tests).
-        handle_sigterm: install a SIGTERM handler (main thread only). If the program already has its own
-            handler, SIGTERM goes straight to it (the program stays in charge and reports/closes itself); if the
-            default action (death) was in force, the handler runs the shutdown hooks (⏰ message), flushes with
-            ``sigterm_deadline_s`` and then dies of SIGTERM as before; an ignored SIGTERM stays ignored.
+        handle_sigterm: install a SIGTERM handler (main thread only; see :meth:`_on_sigterm`).
         register_atexit: flush with ``exit_deadline_s`` when the interpreter exits.
         sigterm_deadline_s: SLURM sends SIGKILL about 30 s (KillWait) after SIGTERM; stay well inside it.
         exit_deadline_s: flush deadline at interpreter exit.
@@ -449,6 +444,8 @@ class Notifier:
         self.close(self._exit_deadline_s)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """The program's own SIGTERM handler, if it has one, runs at once; an ignored SIGTERM stays ignored; else run
+        the shutdown hooks (⏰ message), flush with ``sigterm_deadline_s`` and die of SIGTERM as before."""
         prev = self._prev_sigterm
         if callable(prev):
             # The program handles SIGTERM itself (e.g. a graceful stop that checkpoints first): let it, at once.

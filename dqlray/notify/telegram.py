@@ -1,10 +1,9 @@
 """Raw Telegram Bot API over ``requests``: sendMessage, editMessageText, sendPhoto, getMe.
 
 Why raw HTTP: wrappers around python-telegram-bot broke silently when it went async in v20 (knockknock#84). Rules
-(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verification on; HTML parse mode with texts
-from :mod:`~dqlray.notify.messages` (escaped, within the limits: one text is one message); a 429's ``retry_after`` is
-waited out when short, else raised for the caller's rate governor; ``message is not modified`` is a success; ``can't
-parse entities`` is retried once as plain text; transport errors are re-raised ``from None`` and redacted, because
+(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verification on; HTML texts from
+:mod:`~dqlray.notify.messages` (one text is one message); ``message is not modified`` is a success; ``can't parse
+entities`` is retried once as plain text; transport errors are re-raised ``from None`` and redacted, because
 requests' messages contain the URL and so the token.
 """
 
