@@ -60,10 +60,8 @@ def _cut_utf16(text: str, units: int) -> str:
 
 
 def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
-    """The end of plain ``text`` within ``limit`` UTF-16 units, cut at a line boundary where possible.
-
-    For tracebacks: the last lines (the exception and the innermost frames) are the useful ones.
-    """
+    """The end of plain ``text`` within ``limit`` UTF-16 units, cut at a line boundary where possible (a traceback's
+    last lines, the exception and the innermost frames, are the useful ones)."""
     if utf16_len(text) <= limit:
         return text
     budget = limit - utf16_len(marker)
@@ -81,12 +79,9 @@ def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
 
 
 def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Split HTML ``text`` into parts of at most ``limit`` visible UTF-16 units each.
-
-    Splits at line boundaries; tags open at a boundary are closed at the end of one part and reopened at the start
-    of the next (a ``<pre>`` block spanning two parts stays a ``<pre>`` block in both). A single line longer than
-    ``limit`` is cut into plain-text pieces. Entities are never cut.
-    """
+    """Split HTML ``text`` at line boundaries into parts of at most ``limit`` visible UTF-16 units each; tags open at
+    a boundary are closed and reopened (a ``<pre>`` block stays one in both parts); a single line longer than ``limit``
+    is cut into plain-text pieces. Entities are never cut."""
     if limit < 16:
         raise ValueError(f"limit={limit} is too small to split into: use at least 16")
     if visible_len(text) <= limit:

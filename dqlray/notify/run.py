@@ -62,19 +62,17 @@ class _BaseNotifier:
     @never_raises
     def error(self, exc: BaseException | str, *, title: str | None = None) -> None:
         """❌ critical: the exception and the tail of its traceback (redacted, cut to one message)."""
-        self._terminal_sent = True
-        self.notifier.notify(messages.error_message(self.experiment, exc, title=title or self.error_title,
-                                                    secrets=self.secrets, context=job_context()), critical=True)
+        self._last(messages.error_message(self.experiment, exc, title=title or self.error_title, secrets=self.secrets,
+                                          context=job_context()))
 
     @never_raises
     def time_limit(self, reason: str = "") -> None:
         """⏰ critical: the job hit its time limit."""
-        self._terminal_sent = True
-        self.notifier.notify(messages.time_limit_message(self.experiment, reason=reason, last_episode=self._episode,
-                                                         total=self._total, last_checkpoint=self._checkpoint),
-                             critical=True)
+        self._last(messages.time_limit_message(self.experiment, reason=reason, last_episode=self._episode,
+                                               total=self._total, last_checkpoint=self._checkpoint))
 
-    def _finished(self, text: str, image_path: str | os.PathLike[str] | None, caption: str) -> None:
+    def _last(self, text: str, image_path: str | os.PathLike[str] | None = None, caption: str = "") -> None:
+        """A run's last message (critical; SIGTERM then sends no ⏰), then its picture."""
         self._terminal_sent = True
         image = str(image_path) if image_path else None
         self.notifier.notify(text, critical=True, attachments=(image,) if image else ())
@@ -143,7 +141,7 @@ class RunNotifier(_BaseNotifier):
         text = messages.run_finished(self.experiment, final_reward=final_reward, test_metrics=test_metrics,
                                      baselines=baselines, model_path=str(model_path) if model_path else None,
                                      statement=statement, figures=figures, elapsed_s=self._clock() - self._t0)
-        self._finished(text, image_path, "Equity curve")
+        self._last(text, image_path, "Equity curve")
 
 
 class SweepNotifier(_BaseNotifier):
@@ -165,4 +163,4 @@ class SweepNotifier(_BaseNotifier):
         text = messages.sweep_finished(self.experiment, best_config=best_config, test_metrics=test_metrics,
                                        baselines=baselines, deflated_sharpe=dsr, n_trials=n_trials,
                                        statement=statement, figures=figures, elapsed_s=self._clock() - self._t0)
-        self._finished(text, image_path, "Winner's equity curve")
+        self._last(text, image_path, "Winner's equity curve")
