@@ -10,7 +10,6 @@ Exit status: 0 ok; 1 unexpected error; 2 not configured / config refused; 3 netw
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import socket
 import sys
@@ -28,11 +27,6 @@ from dqlray.notify.spool import Spool
 from dqlray.notify.telegram import TelegramApiError, TelegramClient, TelegramRetryAfter, TelegramTransportError
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NETWORK, EXIT_TOKEN, EXIT_CHAT = 0, 1, 2, 3, 4, 5
-
-NOT_CONFIGURED = ("notifications are not configured: export TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID, or put them in "
-                  "~/.config/dqlray/notify.yaml (chmod 600)")
-
-Command = Callable[[argparse.Namespace, NotifyConfig, TelegramClient], int]
 
 
 def add_notify_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -71,7 +65,7 @@ def _unreachable_msg(cfg: NotifyConfig, exc: TelegramTransportError) -> str:
             "messages are spooled there; run `dqlray notify relay` on a login node.")
 
 
-def _command(body: Command) -> Callable[[argparse.Namespace], int]:
+def _command(body: Callable[[argparse.Namespace, NotifyConfig, TelegramClient], int]) -> Callable[..., int]:
     """Load the settings and open a client for ``body``; every failure becomes one redacted line and an exit status."""
 
     @functools.wraps(body)
@@ -80,14 +74,12 @@ def _command(body: Command) -> Callable[[argparse.Namespace], int]:
         try:
             cfg = load_notify_config(config_file=args.config)
             if cfg is None:
-                _say(NOT_CONFIGURED, err=True)
+                _say("notifications are not configured: export TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID, or put them in "
+                     "~/.config/dqlray/notify.yaml (chmod 600)", err=True)
                 return EXIT_CONFIG
             timeout = max(1.0, float(args.timeout))
-            cfg = dataclasses.replace(cfg, read_timeout_s=timeout,
-                                      connect_timeout_s=min(cfg.connect_timeout_s, timeout))
-            client = TelegramClient(cfg.token, api_base=cfg.api_base, connect_timeout_s=cfg.connect_timeout_s,
-                                    read_timeout_s=cfg.read_timeout_s, secrets=cfg.secrets,
-                                    max_retry_wait_s=max(0.0, float(args.max_wait)))
+            client = TelegramClient(cfg.token, api_base=cfg.api_base, connect_timeout_s=min(cfg.connect_timeout_s, timeout),
+                                    read_timeout_s=timeout, secrets=cfg.secrets, max_retry_wait_s=max(0.0, args.max_wait))
             try:
                 return body(args, cfg, client)
             finally:
@@ -157,8 +149,7 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
 
     sent, status = 0, EXIT_OK
     for path in spool.pending():
-        claimed = spool.claim(path)
-        if claimed is None:
+        if (claimed := spool.claim(path)) is None:
             continue  # another relay took it
         try:
             entry = Spool.load(claimed)
@@ -166,8 +157,7 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
             claimed.rename(bad := claimed.with_suffix(".bad"))
             _say(f"relay: {path.name} is unreadable ({type(exc).__name__}); moved to {bad.name}", cfg.secrets, err=True)
             continue
-        pictures = [p for p in (entry.photo_path, *entry.attachments) if p]
-        for missing in [p for p in pictures if not Path(p).is_file()]:
+        for missing in [p for p in (entry.photo_path, *entry.attachments) if p and not Path(p).is_file()]:
             _say(f"relay: picture {missing} of {path.name} not found; sending the text without it", cfg.secrets,
                  err=True)
         try:
@@ -176,7 +166,7 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
             else:
                 paced(client.send_message, entry.text, silent=entry.silent)
         except BaseException as exc:
-            spool.release(claimed)
+            spool.release(claimed)  # a later relay retries it
             if isinstance(exc, TelegramRetryAfter):
                 msg, status = f"relay: Telegram asks to wait {exc.retry_after:.0f} s; run the relay again later", EXIT_TOKEN
             elif isinstance(exc, TelegramTransportError):

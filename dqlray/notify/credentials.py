@@ -1,11 +1,9 @@
 """Notification settings and credentials: frozen, keyword-only sections in the style of :mod:`dqlray.config`.
 
-Values come from environment variables or a protected config file, never the command line: explicit arguments (the
-guide's ``--telegram_token``/``--telegram_chat_id`` flags, accepted with a warning, because command lines are visible
-to other users in ``ps``, ``/proc/*/cmdline`` and ``scontrol show job``) override environment variables
-(``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``, ``DQLRAY_SMTP_*``, ... :data:`ENV`), which override the config file
-(``$DQLRAY_NOTIFY_CONFIG``, else ``~/.config/dqlray/notify.yaml``; mode 0600, owned by the user; its format is in
-``docs/notifications.md``). Errors are :class:`~dqlray.errors.ConfigError` naming the field, never showing a secret.
+Precedence: the config file (``$DQLRAY_NOTIFY_CONFIG``, else ``~/.config/dqlray/notify.yaml``; mode 0600 and yours,
+format in ``docs/notifications.md``) < environment variables (:data:`KEYS`) < the guide's ``--telegram_token``/
+``--telegram_chat_id`` flags, accepted with a warning because command lines are visible to other users (``ps``,
+``scontrol show job``). Errors are :class:`~dqlray.errors.ConfigError` naming the field, never showing a secret.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from urllib.parse import urlsplit
 from dqlray.config import _check, load_yaml
 from dqlray.errors import ConfigError
 
-DEFAULT_API_BASE = "https://api.telegram.org"
 SMTP_SECURITY = ("starttls", "ssl", "none")
 _CHAT_ID = re.compile(r"^(-?\d{1,20}|@[A-Za-z][A-Za-z0-9_]{3,})$")
 
@@ -42,12 +39,6 @@ def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
     login node with internet can relay what a compute node spooled)."""
     base = (os.environ if env is None else env).get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "dqlray" / "notify-spool"
-
-
-def default_config_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/dqlray/notify.yaml`` or ``~/.config/dqlray/notify.yaml``."""
-    base = (os.environ if env is None else env).get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "dqlray" / "notify.yaml"
 
 
 def _is_loopback(host: str) -> bool:
@@ -117,7 +108,7 @@ class NotifyConfig:
     """Telegram bot token from @BotFather (never printed; redacted from every output)."""
     chat_id: str
     """Target chat: a user or group id (groups are negative) or ``@channelname``."""
-    api_base: str = DEFAULT_API_BASE
+    api_base: str = "https://api.telegram.org"
     """Bot API base URL (a self-hosted Bot API server, or a local fake in tests). https, or http to loopback only."""
     message_thread_id: int | None = None
     """Forum topic to post into, if the chat is a forum."""
@@ -195,43 +186,59 @@ def check_private_file(path: Path) -> None:
                           f"the bot token; fix with: chmod 600 {path}")
 
 
-# Keys of the config file; ``smtp.from``/``smtp.to`` are SmtpConfig's ``sender``/``recipients``.
-_FILE_KEYS = {"telegram": ("api_base", "chat_id", "message_thread_id", "token"),
-              "smtp": ("ca_file", "from", "host", "password", "port", "security", "timeout_s", "to", "username")}
-ENV = {"telegram.token": "TELEGRAM_BOT_TOKEN", "telegram.chat_id": "TELEGRAM_CHAT_ID",
-        "telegram.api_base": "DQLRAY_TELEGRAM_API_BASE", "telegram.message_thread_id": "DQLRAY_TELEGRAM_THREAD_ID",
-        "smtp.host": "DQLRAY_SMTP_HOST", "smtp.port": "DQLRAY_SMTP_PORT", "smtp.security": "DQLRAY_SMTP_SECURITY",
-        "smtp.username": "DQLRAY_SMTP_USER", "smtp.password": "DQLRAY_SMTP_PASSWORD", "smtp.from": "DQLRAY_SMTP_FROM",
-        "smtp.to": "DQLRAY_SMTP_TO", "smtp.ca_file": "DQLRAY_SMTP_CA_FILE", "spool_dir": "DQLRAY_NOTIFY_SPOOL"}
-"""The environment variable of each config file key (``smtp.to`` is comma-separated)."""
+KEYS: dict[str, tuple[str, str, Any]] = {
+    "telegram.api_base": ("api_base", "DQLRAY_TELEGRAM_API_BASE", str),
+    "telegram.chat_id": ("chat_id", "TELEGRAM_CHAT_ID", str),
+    "telegram.message_thread_id": ("message_thread_id", "DQLRAY_TELEGRAM_THREAD_ID", int),
+    "telegram.token": ("token", "TELEGRAM_BOT_TOKEN", lambda v: str(v).strip()),
+    "smtp.ca_file": ("ca_file", "DQLRAY_SMTP_CA_FILE", str),
+    "smtp.from": ("sender", "DQLRAY_SMTP_FROM", str),
+    "smtp.host": ("host", "DQLRAY_SMTP_HOST", str),
+    "smtp.password": ("password", "DQLRAY_SMTP_PASSWORD", str),
+    "smtp.port": ("port", "DQLRAY_SMTP_PORT", int),
+    "smtp.security": ("security", "DQLRAY_SMTP_SECURITY", lambda v: str(v).lower()),
+    "smtp.timeout_s": ("timeout_s", "", float),
+    "smtp.to": ("recipients", "DQLRAY_SMTP_TO",
+                lambda v: tuple(a.strip() for a in (v.split(",") if isinstance(v, str) else v) if a.strip())),
+    "smtp.username": ("username", "DQLRAY_SMTP_USER", str),
+    "spool_dir": ("spool_dir", "DQLRAY_NOTIFY_SPOOL", Path),
+}
+"""Each config file key: the field it sets, the environment variable that overrides it, and how a value is read
+(an environment variable's is text; ``smtp.to`` is a list, or comma-separated)."""
+_READS = {int: "an integer", float: "a number"}
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
+    """The file's values by key (``telegram.token``), once its permissions and its keys are checked."""
     check_private_file(path)
-    data = load_yaml(path)
-    unknown = []
-    for key, value in data.items():
-        if key not in _FILE_KEYS:
-            unknown += [] if key == "spool_dir" else [str(key)]
+    flat: dict[str, Any] = {}
+    for key, value in load_yaml(path).items():
+        if key not in ("telegram", "smtp"):
+            flat[str(key)] = value
         elif value is not None and not isinstance(value, dict):
             raise ConfigError(f"notify config {path}: '{key}' must be a mapping")
         else:
-            unknown += [f"{key}.{k}" for k in value or {} if k not in _FILE_KEYS[key]]
+            flat.update((f"{key}.{k}", v) for k, v in (value or {}).items())
+    unknown = [key for key in flat if key not in KEYS]
     if unknown:
-        allowed = [*(f"{s}.{k}" for s, keys in _FILE_KEYS.items() for k in keys), "spool_dir"]
-        raise ConfigError(f"notify config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    return data
+        raise ConfigError(f"notify config {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
+    return flat
 
 
 def _first(*values: Any) -> Any:
     return next((v for v in values if v not in (None, "")), None)
 
 
-def _as_int(name: str, value: Any) -> int | None:
-    try:
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not allowed: use an integer") from None
+def _fields(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The fields the given ``values`` (by key) set in one section; the section's defaults hold for the rest."""
+    out = {}
+    for key, (name, _, read) in KEYS.items():
+        if key.startswith(prefix) and key in values:
+            try:
+                out[name] = read(values[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}={values[key]!r} is not allowed: use {_READS.get(read, 'text')}") from None
+    return out
 
 
 def load_notify_config(token: str | None = None, chat_id: str | int | None = None,
@@ -239,13 +246,10 @@ def load_notify_config(token: str | None = None, chat_id: str | int | None = Non
                        **overrides: Any) -> NotifyConfig | None:
     """Load notification settings; ``None`` when nothing is configured (notifications are then off).
 
-    ``token``/``chat_id`` are the guide's ``--telegram_token``/``--telegram_chat_id`` flags: accepted, with a
-    :class:`CommandLineSecretWarning` (printed once per call site by Python's warnings machinery) because command
-    lines are visible to other users. ``env`` replaces ``os.environ`` (tests). ``overrides`` set other
-    :class:`NotifyConfig` fields (``min_interval_s=...``).
-
-    Raises :class:`~dqlray.errors.ConfigError` (one line, says how to fix) for a config file that is not 0600 and
-    yours, an unknown key, or a token without a chat id.
+    ``token``/``chat_id`` are the guide's flags (with a :class:`CommandLineSecretWarning`); ``env`` replaces
+    ``os.environ`` (tests); ``overrides`` set other :class:`NotifyConfig` fields (``min_interval_s=...``). Raises
+    :class:`~dqlray.errors.ConfigError` (one line, says how to fix) for a config file that is not 0600 and yours, an
+    unknown key, or a token without a chat id.
     """
     env = os.environ if env is None else env
     if token or chat_id:
@@ -253,36 +257,22 @@ def load_notify_config(token: str | None = None, chat_id: str | int | None = Non
                       "scontrol show job); put them in TELEGRAM_BOT_TOKEN/TELEGRAM_CHAT_ID or a chmod 600 "
                       "~/.config/dqlray/notify.yaml instead", CommandLineSecretWarning, stacklevel=2)
     explicit = config_file or env.get("DQLRAY_NOTIFY_CONFIG")
-    path = Path(explicit).expanduser() if explicit else default_config_path(env)
+    path = Path(explicit or Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "dqlray/notify.yaml")
+    path = path.expanduser()
     if explicit and not path.exists():
         raise ConfigError(f"notify config {path} does not exist (from "
                           f"{'config_file' if config_file else 'DQLRAY_NOTIFY_CONFIG'})")
     data = _read_config_file(path) if path.exists() else {}
-
-    def get(key: str) -> Any:
-        section, _, name = key.rpartition(".")
-        from_file = (data.get(section) or {}).get(name) if section else data.get(name)
-        return _first(env.get(ENV.get(key, "")), from_file)
-
-    tok, chat = _first(token, get("telegram.token")), _first(chat_id, get("telegram.chat_id"))
-    if tok is None and chat is None:
+    args = {"telegram.token": token, "telegram.chat_id": chat_id}
+    values = {key: v for key, (_, var, _) in KEYS.items() if (v := _first(args.get(key), env.get(var), data.get(key)))}
+    values.setdefault("spool_dir", default_spool_dir(env))
+    if "telegram.token" not in values and "telegram.chat_id" not in values:
         return None
-    if tok is None:
+    if "telegram.token" not in values:
         raise ConfigError(f"TELEGRAM_CHAT_ID is set but no bot token: set TELEGRAM_BOT_TOKEN or telegram.token in {path}")
-    if chat is None:
+    if "telegram.chat_id" not in values:
         raise ConfigError(f"a Telegram bot token is set but no chat: set TELEGRAM_CHAT_ID or telegram.chat_id in {path}")
-    smtp = None
-    if get("smtp.host"):
-        to = get("smtp.to")
-        smtp = SmtpConfig(
-            host=str(get("smtp.host")), port=_as_int("smtp.port", get("smtp.port")) or 587,
-            security=str(get("smtp.security") or "starttls").lower(), username=get("smtp.username"),
-            password=get("smtp.password"), sender=str(get("smtp.from") or ""), ca_file=get("smtp.ca_file"),
-            recipients=tuple(a.strip() for a in (to.split(",") if isinstance(to, str) else to or []) if a.strip()),
-            timeout_s=float(get("smtp.timeout_s") or 20.0))
-    return NotifyConfig(**{
-        "token": str(tok).strip(), "chat_id": str(chat), "api_base": get("telegram.api_base") or DEFAULT_API_BASE,
-        "message_thread_id": _as_int("telegram.message_thread_id", get("telegram.message_thread_id")),
-        "smtp": smtp, "spool_dir": Path(get("spool_dir") or default_spool_dir(env)).expanduser(),
-        "source": "arguments" if token else ("environment" if env.get("TELEGRAM_BOT_TOKEN") else str(path)),
-        **overrides})
+    smtp = SmtpConfig(**_fields(values, "smtp.")) if "smtp.host" in values else None
+    source = "arguments" if token else ("environment" if env.get("TELEGRAM_BOT_TOKEN") else str(path))
+    return NotifyConfig(**_fields(values, "telegram."), **_fields(values, "spool_dir"), smtp=smtp, source=source,
+                        **overrides)

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from dqlray.formatting import fmt
 from dqlray.notify.redact import redact
 
 MESSAGE_LIMIT = 4096
@@ -59,10 +60,8 @@ def _cut_utf16(text: str, units: int) -> str:
 
 
 def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
-    """The end of plain ``text`` within ``limit`` UTF-16 units, cut at a line boundary where possible.
-
-    For tracebacks: the last lines (the exception and the innermost frames) are the useful ones.
-    """
+    """The end of plain ``text`` within ``limit`` UTF-16 units, cut at a line boundary where possible (a traceback's
+    last lines, the exception and the innermost frames, are the useful ones)."""
     if utf16_len(text) <= limit:
         return text
     budget = limit - utf16_len(marker)
@@ -79,25 +78,10 @@ def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
     return marker + "\n".join(reversed(kept))
 
 
-def _apply_tags(line: str, stack: list[tuple[str, str]]) -> None:
-    for m in _TAG.finditer(line):
-        name = m.group(2).lower()
-        if not m.group(1):
-            stack.append((name, m.group(0)))
-            continue
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i][0] == name:
-                del stack[i]
-                break
-
-
 def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Split HTML ``text`` into parts of at most ``limit`` visible UTF-16 units each.
-
-    Splits at line boundaries; tags open at a boundary are closed at the end of one part and reopened at the start
-    of the next (a ``<pre>`` block spanning two parts stays a ``<pre>`` block in both). A single line longer than
-    ``limit`` is cut into plain-text pieces. Entities are never cut.
-    """
+    """Split HTML ``text`` at line boundaries into parts of at most ``limit`` visible UTF-16 units each; tags open at
+    a boundary are closed and reopened (a ``<pre>`` block stays one in both parts); a single line longer than ``limit``
+    is cut into plain-text pieces. Entities are never cut."""
     if limit < 16:
         raise ValueError(f"limit={limit} is too small to split into: use at least 16")
     if visible_len(text) <= limit:
@@ -128,7 +112,12 @@ def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
         else:
             cur.append(line)
             cur_len += 1 + n
-        _apply_tags(line, stack)
+        for m in _TAG.finditer(line):  # the tags still open after this line
+            name = m.group(2).lower()
+            if not m.group(1):
+                stack.append((name, m.group(0)))
+            elif any(n == name for n, _ in stack):
+                del stack[max(i for i, (n, _) in enumerate(stack) if n == name)]
     close()
     return [p for p in parts if html_to_plain(p).strip()]
 
@@ -140,28 +129,23 @@ def truncate_html(text: str, limit: int = MESSAGE_LIMIT, marker: str = "\n… (t
     return split_html(text, limit - utf16_len(marker))[0] + esc(marker)
 
 
-def _message(*lines: str | None) -> str:
-    """A builder's lines, empty ones left out, as one message within the limit (the one place that enforces it)."""
-    return truncate_html("\n".join(line for line in lines if line))
+def _message(emoji: str, title: str, experiment: str, *lines: str | None, tb: str = "", tb_label: str = "",
+             secrets: tuple[str, ...] = ()) -> str:
+    """One message within the limit (the one place that enforces it): a header naming the experiment, the lines
+    (empty ones left out), then as much of the end of traceback ``tb`` (redacted) as fits."""
+    text = "\n".join([f"{emoji} <b>{esc(title)}</b> · <code>{esc(experiment)}</code>", *(line for line in lines if line)])
+    budget = MESSAGE_LIMIT - visible_len(text + tb_label) - 8
+    if tb and budget > 200:
+        text += f"\n{tb_label}<pre>{esc(tail_text(redact(tb, secrets).rstrip(), budget))}</pre>"
+    return truncate_html(text)
 
 
 def fmt_num(value: Any) -> str:
-    """A number for humans: 4 significant digits, ints with separators, NaN/None as ``n/a``."""
-    if value is None:
-        return "n/a"
+    """A number for humans: :func:`dqlray.formatting.fmt`'s four significant digits with an ASCII minus, ints with
+    separators, a missing or non-finite one ``n/a``."""
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(x):
-        return "n/a" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x == int(x) and 1 <= abs(x) < 1e15:
-        return f"{int(x):,}"
-    return f"{x:.4g}"
+    return f"{value:,}" if isinstance(value, int) else fmt(value, missing="n/a", plain=True)
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -204,10 +188,6 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
-def _header(emoji: str, title: str, experiment: str) -> str:
-    return f"{emoji} <b>{esc(title)}</b> · <code>{esc(experiment)}</code>"
-
-
 def _context_lines(context: Mapping[str, Any] | None) -> list[str]:
     return [f"{esc(k)}: {esc(v)}" for k, v in (context or {}).items() if v not in (None, "")]
 
@@ -219,21 +199,15 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "<pre>" + esc("\n".join(lines)) + "</pre>"
 
 
-def metrics_table(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """The agent's metrics with one column per baseline (``{"buy&hold": {...}, "linear probe": {...}}``)."""
-    baselines = baselines or {}
-    rows = [["metric", "agent", *baselines]]
-    for key, value in (metrics or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append([str(key), fmt_num(value), *(fmt_num(b.get(key)) for b in baselines.values())])
-    return _table(rows) if len(rows) > 1 else ""
-
-
 def _results(label: str, metrics: Mapping[str, Any] | None, baselines: Mapping[str, Mapping[str, Any]] | None,
              statement: str, figures: Mapping[str, Any] | None) -> list[str]:
-    """The test result: metrics against each baseline, then the verdict as data (a sentence and its numbers)."""
-    table = metrics_table(metrics or {}, baselines)
-    return [*([label, table] if table else []), f"<b>{esc(statement)}</b>" if statement else "",
+    """The test result: the agent's metrics with a column per baseline (``{"buy&hold": {...}}``), then the verdict
+    as data (a sentence and its numbers)."""
+    baselines = baselines or {}
+    rows = [[str(k), fmt_num(v), *(fmt_num(b.get(k)) for b in baselines.values())]
+            for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [*([label, _table([["metric", "agent", *baselines], *rows])] if rows else []),
+            f"<b>{esc(statement)}</b>" if statement else "",
             *(f"{esc(k)}: {esc(fmt_num(v))}" for k, v in (figures or {}).items())]
 
 
@@ -244,7 +218,7 @@ def _duration(elapsed_s: float | None) -> str | None:
 def run_start(experiment: str, *, agent_type: str, episodes: int, data_file: str,
               context: Mapping[str, Any] | None = None) -> str:
     """🚀 a training run started."""
-    return _message(_header("🚀", "Training started", experiment), f"Agent: {esc(agent_type)}",
+    return _message("🚀", "Training started", experiment, f"Agent: {esc(agent_type)}",
                     f"Episodes: {fmt_num(episodes)}", f"Data: <code>{esc(data_file)}</code>", *_context_lines(context))
 
 
@@ -254,7 +228,7 @@ def run_progress(experiment: str, *, episode: int, total: int, mean_reward: floa
     """📊 progress of a run (one message, edited in place)."""
     pct = 100.0 * episode / total if total else float("nan")
     values = (("Mean reward", mean_reward), ("Loss", loss), ("Epsilon", epsilon), *(extra or {}).items())
-    return _message(_header("📊", "Progress", experiment), f"Episode: {fmt_num(episode)}/{fmt_num(total)} ({pct:.1f}%)",
+    return _message("📊", "Progress", experiment, f"Episode: {fmt_num(episode)}/{fmt_num(total)} ({pct:.1f}%)",
                     *(f"{esc(label)}: {esc(fmt_num(v))}" for label, v in values if v is not None),
                     f"Elapsed: {fmt_duration(elapsed_s)}" + (f" · ETA {fmt_duration(eta_s)}" if eta_s else "")
                     if elapsed_s is not None else None)
@@ -263,7 +237,7 @@ def run_progress(experiment: str, *, episode: int, total: int, mean_reward: floa
 def run_checkpoint(experiment: str, *, episode: int, path: str, total: int | None = None) -> str:
     """💾 a checkpoint was saved."""
     ep = f"{fmt_num(episode)}/{fmt_num(total)}" if total else fmt_num(episode)
-    return _message(_header("💾", "Checkpoint saved", experiment), f"Episode: {ep}", f"Path: <code>{esc(path)}</code>")
+    return _message("💾", "Checkpoint saved", experiment, f"Episode: {ep}", f"Path: <code>{esc(path)}</code>")
 
 
 def run_finished(experiment: str, *, final_reward: float | None, test_metrics: Mapping[str, Any] | None,
@@ -271,7 +245,7 @@ def run_finished(experiment: str, *, final_reward: float | None, test_metrics: M
                  statement: str = "", figures: Mapping[str, Any] | None = None,
                  elapsed_s: float | None = None) -> str:
     """✅ a run finished: final reward, test metrics against each baseline, the verdict, model path."""
-    return _message(_header("✅", "Training finished", experiment),
+    return _message("✅", "Training finished", experiment,
                     f"Final reward: {fmt_num(final_reward)}" if final_reward is not None else None,
                     *_results("Test set:", test_metrics, baselines, statement, figures),
                     f"Model: <code>{esc(model_path)}</code>" if model_path else None, _duration(elapsed_s))
@@ -292,16 +266,14 @@ def error_message(experiment: str, exc: BaseException | str, *, title: str = "Tr
     else:
         summary, tb = str(exc).strip().splitlines()[-1] if str(exc).strip() else "error", str(exc)
     summary = redact(summary, secrets).splitlines()[0] if summary else "error"
-    summary = summary if len(summary) <= 300 else summary[:300] + "…"
-    head = "\n".join([_header("❌", title, experiment), *_context_lines(context), f"<b>{esc(summary)}</b>"])
-    tail = tail_text(redact(tb, secrets).rstrip(), max(200, MESSAGE_LIMIT - visible_len(head) - 8))
-    return _message(head, "<pre>" + esc(tail) + "</pre>")
+    return _message("❌", title, experiment, *_context_lines(context), f"<b>{esc(_clip(summary, 301))}</b>", tb=tb,
+                    secrets=secrets)
 
 
 def time_limit_message(experiment: str, *, reason: str = "", last_episode: int | None = None,
                        total: int | None = None, last_checkpoint: str | None = None) -> str:
     """⏰ the job hit its time limit (or got SIGTERM); where it got to and the last checkpoint."""
-    return _message(_header("⏰", "Time limit reached", experiment), esc(reason),
+    return _message("⏰", "Time limit reached", experiment, esc(reason),
                     f"Last episode: {fmt_num(last_episode)}" + (f"/{fmt_num(total)}" if total else "")
                     if last_episode is not None else None,
                     f"Last checkpoint: <code>{esc(last_checkpoint)}</code>" if last_checkpoint else None)
@@ -326,7 +298,7 @@ def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | N
         space = ["Search space:", *(f"• {esc(k)}: {esc(_clip(str(v), 80))}" for k, v in items)] if items else []
     cluster = resources if isinstance(resources, str) else ", ".join(
         f"{fmt_num(v)} {k}" for k, v in (resources or {}).items())
-    return _message(_header("🚀", "Sweep started", experiment),
+    return _message("🚀", "Sweep started", experiment,
                     f"Trials: {fmt_num(num_samples) if num_samples and num_samples > 0 else 'open-ended'}"
                     f" · metric <code>{esc(metric)}</code> ({esc(mode)})",
                     f"Budget per trial: {fmt_num(max_t)} episodes (ASHA)" if max_t else None, *space,
@@ -343,7 +315,7 @@ def sweep_dashboard(experiment: str, *, metric: str, mode: str, counts: Mapping[
          *("" if t.get(k) is None else fmt_num(t[k]) for k in ("std", "val_return", "episodes"))] for tid, t in top]
     table = [f"Top {len(top)} by <code>{esc(metric)}</code> ({esc(mode)}):", _table(rows),
              *_config(f"Best config ({esc(top[0][0])}):", top[0][1].get("config") or {})] if top else ["No results yet."]
-    return _message(_header("📊", "Sweep finished (trials)" if final else "Sweep dashboard", experiment),
+    return _message("📊", "Sweep finished (trials)" if final else "Sweep dashboard", experiment,
                     f"▶ running {counts.get('running', 0)} · ✓ finished {counts.get('finished', 0)} · "
                     f"✂ stopped by ASHA {counts.get('stopped', 0)} · ✗ errored {counts.get('errored', 0)} · "
                     f"… pending {counts.get('pending', 0)}", *table,
@@ -356,17 +328,11 @@ def sweep_errors(experiment: str, errors: Sequence[tuple[str, Mapping[str, Any],
     """❌ one digest for a burst of errored trials: one line each, and the traceback tail of the first."""
     secrets = tuple(secrets)
     n = len(errors)
-    lines = [_header("❌", f"{n} trial{'s' if n != 1 else ''} errored", experiment), f"Errored so far: {total_errored}"]
-    for trial_id, config, last_line in errors[:10]:
-        msg = redact(last_line, secrets)
-        cfg = esc(" ".join(f"{k}={v}" for k, v in summarize_config(config, 4)))
-        lines.append(f"• <code>{esc(trial_id)}</code> {cfg}: {esc(_clip(msg, 160))}")
-    lines += [f"… and {n - 10} more"] if n > 10 else []
-    budget = MESSAGE_LIMIT - visible_len("\n".join(lines)) - 40
-    if tail and budget > 200:
-        lines.append(f"First traceback ({esc(errors[0][0])}):\n<pre>"
-                     + esc(tail_text(redact(tail, secrets), budget)) + "</pre>")
-    return _message(*lines)
+    lines = [f"• <code>{esc(trial_id)}</code> {esc(' '.join(f'{k}={v}' for k, v in summarize_config(config, 4)))}: "
+             f"{esc(_clip(redact(last_line, secrets), 160))}" for trial_id, config, last_line in errors[:10]]
+    return _message("❌", f"{n} trial{'s' if n != 1 else ''} errored", experiment, f"Errored so far: {total_errored}",
+                    *lines, f"… and {n - 10} more" if n > 10 else None, tb=tail or "", secrets=secrets,
+                    tb_label=f"First traceback ({esc(errors[0][0])}):\n" if errors else "")
 
 
 def sweep_finished(experiment: str, *, best_config: Mapping[str, Any], test_metrics: Mapping[str, Any] | None,
@@ -374,7 +340,7 @@ def sweep_finished(experiment: str, *, best_config: Mapping[str, Any], test_metr
                    statement: str = "", figures: Mapping[str, Any] | None = None,
                    elapsed_s: float | None = None) -> str:
     """✅ a sweep finished: the winner's config, its test result against each baseline, the verdict, the DSR."""
-    return _message(_header("✅", "Sweep finished", experiment), f"Trials: {fmt_num(n_trials)}",
+    return _message("✅", "Sweep finished", experiment, f"Trials: {fmt_num(n_trials)}",
                     *_config("Best config:", best_config),
                     *_results("Winner on the test set:", test_metrics, baselines, statement, figures),
                     f"Deflated Sharpe ratio: {fmt_num(deflated_sharpe)} (probability the Sharpe is real after "

@@ -32,7 +32,9 @@ def job_context() -> dict[str, str]:
 
 
 class _BaseNotifier:
-    def __init__(self, notifier: Notifier, experiment: str, clock: Callable[[], float]) -> None:
+    error_title = "Training failed"
+
+    def __init__(self, notifier: Notifier, experiment: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(experiment, str) or not experiment:
             raise ValueError(f"experiment={experiment!r} is not allowed: give a non-empty name")
         self.notifier = notifier
@@ -42,6 +44,10 @@ class _BaseNotifier:
         self._clock = clock
         self._t0 = clock()
         self._terminal_sent = False
+        # Where a run got to, for the ⏰ message (a sweep driver has none).
+        self._episode: int | None = None
+        self._total: int | None = None
+        self._checkpoint: str | None = None
         notifier.add_shutdown_hook(self._on_sigterm)
 
     @property
@@ -54,22 +60,19 @@ class _BaseNotifier:
             self.time_limit(reason="Received SIGTERM (SLURM time limit, preemption or scancel).")
 
     @never_raises
-    def error(self, exc: BaseException | str, *, title: str = "Training failed") -> None:
+    def error(self, exc: BaseException | str, *, title: str | None = None) -> None:
         """❌ critical: the exception and the tail of its traceback (redacted, cut to one message)."""
-        self._terminal_sent = True
-        self.notifier.notify(messages.error_message(self.experiment, exc, title=title, secrets=self.secrets,
-                                                    context=job_context()), critical=True)
+        self._last(messages.error_message(self.experiment, exc, title=title or self.error_title, secrets=self.secrets,
+                                          context=job_context()))
 
     @never_raises
     def time_limit(self, reason: str = "") -> None:
         """⏰ critical: the job hit its time limit."""
-        self._terminal_sent = True
-        self.notifier.notify(self._time_limit_text(reason), critical=True)
+        self._last(messages.time_limit_message(self.experiment, reason=reason, last_episode=self._episode,
+                                               total=self._total, last_checkpoint=self._checkpoint))
 
-    def _time_limit_text(self, reason: str) -> str:
-        return messages.time_limit_message(self.experiment, reason=reason)
-
-    def _finished(self, text: str, image_path: str | os.PathLike[str] | None, caption: str) -> None:
+    def _last(self, text: str, image_path: str | os.PathLike[str] | None = None, caption: str = "") -> None:
+        """A run's last message (critical; SIGTERM then sends no ⏰), then its picture."""
         self._terminal_sent = True
         image = str(image_path) if image_path else None
         self.notifier.notify(text, critical=True, attachments=(image,) if image else ())
@@ -99,11 +102,8 @@ class RunNotifier(_BaseNotifier):
                  clock: Callable[[], float] = time.monotonic) -> None:
         if progress_interval_s < 0:
             raise ValueError(f"progress_interval_s={progress_interval_s!r} is not allowed: use a number >= 0")
-        super().__init__(notifier, experiment, clock)
+        super().__init__(notifier, experiment, clock=clock)
         self.progress_interval_s = progress_interval_s
-        self._episode: int | None = None
-        self._total: int | None = None
-        self._checkpoint: str | None = None
 
     @never_raises
     def start(self, *, agent_type: str, episodes: int, data_file: str, **extra: Any) -> None:
@@ -111,7 +111,7 @@ class RunNotifier(_BaseNotifier):
         self._total, self._t0 = episodes, self._clock()
         ctx = {**job_context(), **{k: str(v) for k, v in extra.items()}}
         self.notifier.notify(messages.run_start(self.experiment, agent_type=agent_type, episodes=episodes,
-                                                data_file=data_file, context=ctx), fallback=True)
+                                                data_file=data_file, context=ctx), critical=True)
 
     @never_raises
     def progress(self, *, episode: int, total: int, mean_reward: float | None = None, loss: float | None = None,
@@ -141,11 +141,7 @@ class RunNotifier(_BaseNotifier):
         text = messages.run_finished(self.experiment, final_reward=final_reward, test_metrics=test_metrics,
                                      baselines=baselines, model_path=str(model_path) if model_path else None,
                                      statement=statement, figures=figures, elapsed_s=self._clock() - self._t0)
-        self._finished(text, image_path, "Equity curve")
-
-    def _time_limit_text(self, reason: str) -> str:
-        return messages.time_limit_message(self.experiment, reason=reason, last_episode=self._episode,
-                                           total=self._total, last_checkpoint=self._checkpoint)
+        self._last(text, image_path, "Equity curve")
 
 
 class SweepNotifier(_BaseNotifier):
@@ -154,8 +150,7 @@ class SweepNotifier(_BaseNotifier):
     The live dashboard comes from :class:`~dqlray.notify.tune_callback.TelegramTuneCallback` on the same notifier.
     """
 
-    def __init__(self, notifier: Notifier, experiment: str, *, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(notifier, experiment, clock)
+    error_title = "Sweep failed"
 
     @never_raises
     def finished(self, *, best_config: Mapping[str, Any], test_metrics: Mapping[str, Any] | None,
@@ -168,8 +163,4 @@ class SweepNotifier(_BaseNotifier):
         text = messages.sweep_finished(self.experiment, best_config=best_config, test_metrics=test_metrics,
                                        baselines=baselines, deflated_sharpe=dsr, n_trials=n_trials,
                                        statement=statement, figures=figures, elapsed_s=self._clock() - self._t0)
-        self._finished(text, image_path, "Winner's equity curve")
-
-    def error(self, exc: BaseException | str, *, title: str = "Sweep failed") -> None:
-        """❌ critical: the sweep driver failed."""
-        super().error(exc, title=title)
+        self._last(text, image_path, "Winner's equity curve")

@@ -3,15 +3,8 @@
 Why: a send inline in the training loop stalls or crashes training when Telegram is slow or absent (knockknock,
 notify-run#30), and a blocking send in a Tune callback stalls every trial (ray#35721). One notifier per process
 (:func:`get_notifier`, a no-op when nothing is configured) serves the run, the sweep driver and the Tune callback.
-
-* Bounded queue: critical events are never dropped; keyed events are coalesced (latest wins); when full, the oldest
-  routine event goes first. First in, first out, except that live (edited-in-place) snapshots yield to the rest.
-* Per-chat rate governor (``min_interval_s``, ``group_per_minute``, 429 holds); circuit breaker: after
-  ``breaker_threshold`` failures, or at once when no connection can be opened, critical events go to email and the
-  spool for ``breaker_cooldown_s``.
-* At exit (atexit) and on SIGTERM the flush waits only for a Telegram that answers: a call unanswered for
-  :data:`STALL_S`, or a 429/backoff longer than that, sends what is critical to the spool at once, and one stderr
-  line says how many messages wait for ``dqlray notify relay`` (issue 13 item 4).
+A per-chat rate governor paces calls and holds a chat on 429; after ``breaker_threshold`` failures, or at once when
+no connection can be opened, the circuit opens and critical messages go to email and the spool.
 """
 
 from __future__ import annotations
@@ -43,16 +36,10 @@ STALL_S = 1.5
 """At exit, a call unanswered this long counts as hanging (the Bot API answers in well under a second)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Event:
-    """One message to deliver, built by :meth:`Notifier.notify`: HTML ``text`` (a caption when ``photo_path`` is set).
-
-    ``critical`` events are never dropped and are spooled (and emailed) when Telegram cannot take them, ``fallback``
-    ones too (start messages); ``silent`` ones do not buzz the phone; a newer event with the same ``key`` replaces a
-    queued one (latest wins), and with ``live`` it is one message sent once and then edited in place, at most every
-    ``min_interval_s`` (ignored while flushing). ``attachments`` go with the fallback email and the relay. ``id``
-    names the spool file, so spooling an event twice writes one file.
-    """
+    """One message to deliver: the arguments of :meth:`Notifier.notify`; ``id`` names its spool file (spooling it
+    twice writes one file)."""
 
     text: str
     critical: bool = False
@@ -60,16 +47,10 @@ class Event:
     key: str | None = None
     live: bool = False
     photo_path: str | None = None
-    fallback: bool = False
     attachments: tuple[str, ...] = ()
     min_interval_s: float = 0.0
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.time)
-
-    @property
-    def to_fallback(self) -> bool:
-        """Whether this event goes to email/spool when Telegram cannot take it."""
-        return self.critical or self.fallback
 
 
 class RateGovernor:
@@ -113,10 +94,7 @@ class Notifier:
     Args:
         cfg: credentials and limits; ``None`` (nothing configured) makes every method a no-op.
         clock: monotonic clock (injectable for tests).
-        handle_sigterm: install a SIGTERM handler (main thread only). If the program already has its own
-            handler, SIGTERM goes straight to it (the program stays in charge and reports/closes itself); if the
-            default action (death) was in force, the handler runs the shutdown hooks (⏰ message), flushes with
-            ``sigterm_deadline_s`` and then dies of SIGTERM as before; an ignored SIGTERM stays ignored.
+        handle_sigterm: install a SIGTERM handler (main thread only; see :meth:`_on_sigterm`).
         register_atexit: flush with ``exit_deadline_s`` when the interpreter exits.
         sigterm_deadline_s: SLURM sends SIGKILL about 30 s (KillWait) after SIGTERM; stay well inside it.
         exit_deadline_s: flush deadline at interpreter exit.
@@ -169,18 +147,24 @@ class Notifier:
     def notify(self, text: str, *, critical: bool = False, silent: bool = False, key: str | None = None,
                live: bool = False, photo_path: str | os.PathLike[str] | None = None, fallback: bool = False,
                attachments: tuple[str, ...] = (), min_interval_s: float = 0.0) -> None:
-        """Enqueue one message (``text`` within Telegram's limit, as :mod:`~dqlray.notify.messages` builds it) and
-        return at once; never raises (a failure is logged, redacted)."""
+        """Enqueue one message and return at once; never raises (a failure is logged, redacted).
+
+        ``text`` is HTML within Telegram's limit (:mod:`~dqlray.notify.messages`), a caption with ``photo_path``.
+        ``critical`` ones (start, end, error, time limit; ``fallback`` is the same) are never dropped, and are
+        spooled and emailed when Telegram cannot take them; ``silent`` ones do not buzz the phone; a newer one with
+        the same ``key`` replaces a queued one, and with ``live`` it is one message edited in place, at most every
+        ``min_interval_s`` (ignored while flushing). ``attachments`` go with the fallback email and the relay.
+        """
         if live and not key:
             raise ValueError("live=True needs a key naming the live message")
         if not self.enabled:
             return
-        ev = Event(text=text, critical=critical, silent=silent, key=key, live=live,
-                   photo_path=str(photo_path) if photo_path else None, fallback=fallback,
+        ev = Event(text=text, critical=critical or fallback, silent=silent, key=key, live=live,
+                   photo_path=str(photo_path) if photo_path else None,
                    attachments=tuple(str(a) for a in attachments), min_interval_s=min_interval_s)
         with self._cond:
             if self.closed:  # after close (at exit): nobody will send it; keep a critical one on disk
-                if ev.to_fallback:
+                if ev.critical:
                     self._spool_event(ev)
                 return
             self._enqueue_locked(ev)
@@ -217,7 +201,7 @@ class Notifier:
         """Wait up to ``deadline_s`` for the queue to drain (per-key intervals ignored), but not for a Telegram that
         does not answer: a call in flight for :data:`STALL_S` (a hanging API: the circuit then opens, so later
         flushes end at once), or a 429/backoff holding the chat longer than that, ends the wait now. Critical and
-        fallback events still queued or in flight then are spooled. Returns True if everything was handled."""
+        events still queued or in flight then are spooled. Returns True if everything was handled."""
         end = self._clock() + max(0.0, deadline_s)
         with self._cond:
             self._flushing += 1
@@ -235,7 +219,7 @@ class Notifier:
                 # rather than never.
                 leftover = self._queue + ([self._inflight] if self._inflight else [])
                 for ev in leftover:
-                    if ev.to_fallback:
+                    if ev.critical:
                         if ev in self._queue:
                             self._queue.remove(ev)
                         self._spool_event(ev)
@@ -367,8 +351,7 @@ class Notifier:
             else:
                 log.warning("Telegram refused a message: %s", redact(exc, self.secrets))
                 self._count("refused")
-                if ev.to_fallback:
-                    self._fallback(ev)
+                self._fallback(ev)
         except TelegramTransportError as exc:
             self._failure(ev, str(exc), immediate=exc.unreachable)
         else:
@@ -428,8 +411,8 @@ class Notifier:
             self._fallback(ev)
 
     def _fallback(self, ev: Event) -> None:
-        """Email and spool a critical/fallback event; drop a routine one."""
-        if not ev.to_fallback:
+        """Email and spool a critical event; drop a routine one."""
+        if not ev.critical:
             self._count("dropped")
             return
         self._spool_event(ev)
@@ -461,6 +444,8 @@ class Notifier:
         self.close(self._exit_deadline_s)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """The program's own SIGTERM handler, if it has one, runs at once; an ignored SIGTERM stays ignored; else run
+        the shutdown hooks (⏰ message), flush with ``sigterm_deadline_s`` and die of SIGTERM as before."""
         prev = self._prev_sigterm
         if callable(prev):
             # The program handles SIGTERM itself (e.g. a graceful stop that checkpoints first): let it, at once.

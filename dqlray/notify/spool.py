@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
-from dqlray.errors import ConfigError
+from dqlray.errors import ConfigError, WriteFailed
 from dqlray.notify.redact import redact
+from dqlray.runinfo import atomic_write_bytes
 
 SPOOL_VERSION = 1
 
@@ -59,37 +57,13 @@ class Spool:
             os.chmod(self.directory, 0o700)
         return self.directory
 
-    @staticmethod
-    def _write(final: Path, write: Callable[[IO[bytes]], Any]) -> None:
-        """Write ``final`` atomically, 0600 whatever the umask, and durably (file and rename fsynced)."""
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".part")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        try:
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
-
     def _keep_picture(self, stem: str, i: int, src: str) -> str:
         """Copy picture ``src`` into the spool; its file name there, or ``src`` made absolute if it cannot be read
         (the relay then reports it missing)."""
         name = f"{stem}.{i}{Path(src).suffix.lower()}"
         try:
-            with open(src, "rb") as fh_in:
-                self._write(self.directory / name, lambda fh: shutil.copyfileobj(fh_in, fh))
-        except OSError:
+            atomic_write_bytes(self.directory / name, Path(src).read_bytes(), 0o600)
+        except (OSError, WriteFailed):
             return os.path.abspath(src)
         return name
 
@@ -105,9 +79,8 @@ class Spool:
                   "silent": bool(silent), "photo_path": pictures.pop(0) if photo_path else None,
                   "attachments": pictures}
         final = directory / f"{stem}.json"
-        self._write(final, lambda fh: fh.write(json.dumps(record, ensure_ascii=False).encode("utf-8")))
+        atomic_write_bytes(final, json.dumps(record, ensure_ascii=False).encode("utf-8"), 0o600)
         return final
-
     def _glob(self, pattern: str) -> list[Path]:
         return sorted(self.directory.glob(pattern)) if self.directory.is_dir() else []
 

@@ -1,15 +1,16 @@
 """Raw Telegram Bot API over ``requests``: sendMessage, editMessageText, sendPhoto, getMe.
 
 Why raw HTTP: wrappers around python-telegram-bot broke silently when it went async in v20 (knockknock#84). Rules
-(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verification on; HTML parse mode with texts
-from :mod:`~dqlray.notify.messages` (escaped, within the limits: one text is one message); a 429's ``retry_after`` is
-waited out when short, else raised for the caller's rate governor; ``message is not modified`` is a success; ``can't
-parse entities`` is retried once as plain text; transport errors are re-raised ``from None`` and redacted, because
+(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verification on; HTML texts from
+:mod:`~dqlray.notify.messages` (one text is one message); ``message is not modified`` is a success; ``can't parse
+entities`` is retried once as plain text; transport errors are re-raised ``from None`` and redacted, because
 requests' messages contain the URL and so the token.
 """
 
 from __future__ import annotations
 
+import json
+import mimetypes
 import re
 import time
 from collections.abc import Callable
@@ -26,11 +27,10 @@ PHOTO_MAX_BYTES = 10 * 1024 * 1024
 
 
 class TelegramError(Exception):
-    """A Bot API call failed. The message is redacted (no token); ``method`` names the call."""
+    """A Bot API call failed (``Telegram <method>: <description>``, redacted: no token)."""
 
     def __init__(self, method: str, description: str) -> None:
         super().__init__(f"Telegram {method}: {description}")
-        self.method = method
         self.description = description
 
 
@@ -113,8 +113,9 @@ class TelegramClient:
             try:
                 for f in (files or {}).values():  # rewind on retry
                     f[1].seek(0)
-                if files:
-                    resp = self._session.post(url, data=payload or {}, files=files, timeout=timeout)
+                if files:  # a form: its values are text ("true", not Python's "True")
+                    form = {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in (payload or {}).items()}
+                    resp = self._session.post(url, data=form, files=files, timeout=timeout)
                 else:
                     resp = self._session.post(url, json=payload or {}, timeout=timeout)
             except requests.RequestException as exc:
@@ -157,14 +158,15 @@ class TelegramClient:
         result = self.call("getMe")
         return result if isinstance(result, dict) else {}
 
+    @staticmethod
+    def _to(chat_id: str, silent: bool, thread_id: int | None, **payload: Any) -> dict[str, Any]:
+        """A payload for ``chat_id`` (and its forum topic), silent or not."""
+        return {"chat_id": chat_id, **payload, **({"disable_notification": True} if silent else {}),
+                **({"message_thread_id": thread_id} if thread_id is not None else {})}
+
     def send_message(self, chat_id: str, text: str, *, silent: bool = False, thread_id: int | None = None) -> int:
         """``sendMessage`` of one HTML text (within the limit: see :mod:`~dqlray.notify.messages`); its message id."""
-        payload: dict[str, Any] = {"chat_id": chat_id, "text": text}
-        if silent:
-            payload["disable_notification"] = True
-        if thread_id is not None:
-            payload["message_thread_id"] = thread_id
-        return int(self._call_html("sendMessage", payload, "text")["message_id"])
+        return int(self._call_html("sendMessage", self._to(chat_id, silent, thread_id, text=text), "text")["message_id"])
 
     def edit_message_text(self, chat_id: str, message_id: int, text: str) -> None:
         """``editMessageText``; ``message is not modified`` counts as success."""
@@ -182,15 +184,9 @@ class TelegramClient:
         size = path.stat().st_size
         if size > PHOTO_MAX_BYTES:
             raise ValueError(f"photo {path} is {size} bytes: sendPhoto accepts at most {PHOTO_MAX_BYTES}")
-        payload: dict[str, Any] = {"chat_id": chat_id, "caption": caption}
-        if silent:
-            payload["disable_notification"] = "true"
-        if thread_id is not None:
-            payload["message_thread_id"] = str(thread_id)
-        kind = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                ".webp": "image/webp"}.get(path.suffix.lower(), "application/octet-stream")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         with path.open("rb") as fh:
             # Uploads take longer than a JSON call.
-            result = self._call_html("sendPhoto", payload, "caption", files={"photo": (path.name, fh, kind)},
-                                     read_timeout_s=self._timeout[1] * 4)
+            result = self._call_html("sendPhoto", self._to(chat_id, silent, thread_id, caption=caption), "caption",
+                                     files={"photo": (path.name, fh, kind)}, read_timeout_s=self._timeout[1] * 4)
         return int(result["message_id"])

@@ -5,14 +5,13 @@ hook only updates counters and enqueues on the process's notifier, and never rai
 (``tuner.pkl``) and restores their ``get_state()`` on ``Tuner.restore``: the notifier (and so the token) is never
 pickled; a restored callback uses the process's notifier (:func:`~dqlray.notify.sender.get_notifier`, made by the
 sweep driver with its credentials), and the saved state makes the resumed sweep edit the same dashboard and resend
-nothing. Messages: 🚀 start, 📊 one dashboard edited at most every ``edit_interval_s``, ❌ one digest per burst of
-errored trials, and a final dashboard edit. Progress is in episodes (what trials report and ASHA schedules on).
-A packed trial (issue 14) counts as its configurations: each one's status and metrics come from the pack's result
-(``members``), so the counts, the top list and the digests are per configuration.
+nothing. Progress is in episodes (what trials report and ASHA schedules on). A packed trial (issue 14) counts as its
+configurations, each with its part of the pack's result (``members``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -32,18 +31,18 @@ log = logging.getLogger(LOGGER_NAME)
 
 DASHBOARD_KEY = "dashboard"
 STATE_VERSION = 1
+_RUNTIME = {"_notifier": None, "_burst_started": None, "_last_dashboard": None}
+"""Attributes that are not pickled (the notifier holds the token; the timers are of this process), and their value
+after unpickling (the clocks are the default ones then)."""
+_SAVED = ("chat", "dashboard_message_id", "start_sent", "started_at", "trials", "errors_reported", "errors_pending")
+"""The attributes :meth:`TelegramTuneCallback.get_state` saves, by their keys in the state."""
+_MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
+"""A packed trial's configuration status (:mod:`dqlray.pack`) as the dashboard counts it."""
 
 
 def _chat_fingerprint(cfg: NotifyConfig | None) -> str | None:
     """A short hash naming the chat (and API server) without storing the chat id itself."""
     return hashlib.sha256(f"{cfg.api_base}|{cfg.chat_id}".encode()).hexdigest()[:16] if cfg else None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _error_text(trial: Any) -> str:
@@ -68,7 +67,7 @@ class TelegramTuneCallback(Callback):
         experiment: sweep name shown in every message.
         notifier: the process's notifier; by default (and after ``Tuner.restore``) :func:`get_notifier`'s.
         metric, mode: the metric trials are ranked by (``val_sharpe``, ``max``).
-        num_samples: number of trials (else Tune's ``total_num_samples`` from ``setup``).
+        num_samples: number of configurations (else Tune's ``total_num_samples`` from ``setup``).
         space_summary: ``{name: description}`` of the search space for the start message (not raw config).
         max_t: ASHA's budget in episodes; a trial that completes below it was stopped early by ASHA.
         edit_interval_s: least time between two dashboard edits (Telegram: about 1 message/s per chat, 20/min to
@@ -103,30 +102,25 @@ class TelegramTuneCallback(Callback):
         self.edit_interval_s, self.error_digest_s = float(edit_interval_s), float(error_digest_s)
         self.resources = dict(resources) if isinstance(resources, Mapping) else resources
         self.end_flush_s = float(end_flush_s)
-        # Runtime-only (dropped by __getstate__): the notifier (it holds the token), clocks.
-        self._notifier = notifier
+        self._notifier, self._burst_started, self._last_dashboard = notifier, None, None
         self._clock, self._wall = clock, wall_clock
-        # Pickled state (also what get_state returns): nothing secret. _chat_fp names the chat _dashboard_id is in.
-        self._chat_fp = _chat_fingerprint(notifier.config) if notifier else None
-        self._start_sent = False
-        self._started_at: float | None = None
-        self._trials: dict[str, dict[str, Any]] = {}
-        self._errors_reported: list[str] = []
-        self._burst: list[str] = []
-        self._dashboard_id: int | None = None
-        self._burst_started: float | None = None
-        self._last_dashboard: float | None = None
+        # The saved state (get_state): nothing secret. ``chat`` names the chat the dashboard message is in.
+        self.chat = _chat_fingerprint(notifier.config) if notifier else None
+        self.dashboard_message_id: int | None = None
+        self.start_sent = False
+        self.started_at: float | None = None
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.errors_reported: list[str] = []
+        self.errors_pending: list[str] = []
         self._dirty = False
 
     # ----------------------------------------------------------------------------------------------- state ---
 
     def __getstate__(self) -> dict[str, Any]:
-        drop = ("_notifier", "_clock", "_wall", "_burst_started", "_last_dashboard")
-        return {k: v for k, v in self.__dict__.items() if k not in drop}
+        return {k: v for k, v in self.__dict__.items() if k not in (*_RUNTIME, "_clock", "_wall")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _notifier=None, _clock=time.monotonic, _wall=time.time, _burst_started=None,
-                             _last_dashboard=None)
+        self.__dict__.update(state, **_RUNTIME, _clock=time.monotonic, _wall=time.time)
 
     @property
     def notifier(self) -> Notifier:
@@ -146,22 +140,18 @@ class TelegramTuneCallback(Callback):
         fp = _chat_fingerprint(self.notifier.config)
         if fp is None:
             return  # notifications off: keep the saved ids for a later restore that has credentials
-        if fp != self._chat_fp:
-            self._dashboard_id = None  # another chat: its message ids mean nothing
-        self._chat_fp = fp
-        if self._dashboard_id is not None:
-            self.notifier.set_live_message_id(DASHBOARD_KEY, self._dashboard_id)
+        if fp != self.chat:
+            self.dashboard_message_id = None  # another chat: its message ids mean nothing
+        self.chat = fp
+        if self.dashboard_message_id is not None:
+            self.notifier.set_live_message_id(DASHBOARD_KEY, self.dashboard_message_id)
 
     @never_raises
     def get_state(self) -> dict[str, Any] | None:
         """What a restored sweep needs to edit the same dashboard and resend nothing (no secrets)."""
-        self._dashboard_id = self.notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
-        return {
-            "version": STATE_VERSION, "experiment": self.experiment, "chat": self._chat_fp,
-            "dashboard_message_id": self._dashboard_id, "start_sent": self._start_sent,
-            "started_at": self._started_at, "trials": {tid: dict(info) for tid, info in self._trials.items()},
-            "errors_reported": list(self._errors_reported), "errors_pending": list(self._burst),
-        }
+        self.dashboard_message_id = self.notifier.live_message_id(DASHBOARD_KEY) or self.dashboard_message_id
+        return copy.deepcopy({"version": STATE_VERSION, "experiment": self.experiment,
+                              **{key: getattr(self, key) for key in _SAVED}})
 
     @never_raises
     def set_state(self, state: dict[str, Any]) -> None:
@@ -169,15 +159,11 @@ class TelegramTuneCallback(Callback):
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             log.warning("ignoring Telegram callback state of an unknown version")
             return
-        self._start_sent = bool(state.get("start_sent"))
-        self._started_at = state.get("started_at")
-        self._trials = {str(k): dict(v) for k, v in (state.get("trials") or {}).items()}
-        for info in self._trials.values():  # before issue 15 the episode count was stored as "env_steps"
+        for key in _SAVED:
+            setattr(self, key, copy.deepcopy(state.get(key, getattr(self, key))))
+        for info in self.trials.values():  # before issue 15 the episode count was stored as "env_steps"
             info.setdefault("episodes", info.pop("env_steps", None))
-        self._errors_reported = list(state.get("errors_reported") or [])
-        self._burst = list(state.get("errors_pending") or [])
-        self._burst_started = self._clock() if self._burst else None
-        self._chat_fp, self._dashboard_id = state.get("chat"), _int(state.get("dashboard_message_id"))
+        self._burst_started = self._clock() if self.errors_pending else None
         self._adopt_dashboard()
         self._dirty = True
 
@@ -189,23 +175,22 @@ class TelegramTuneCallback(Callback):
         """Send the 🚀 start message (once per sweep, not again after a restore)."""
         if self.num_samples is None:
             self.num_samples = total_num_samples or num_samples
-        if self._started_at is None:
-            self._started_at = self._wall()
-        if self._start_sent or not self.notifier.enabled:
+        if self.started_at is None:
+            self.started_at = self._wall()
+        if self.start_sent or not self.notifier.enabled:
             return
         resources = self.resources if self.resources is not None else _cluster_resources()
         self.notifier.notify(messages.sweep_start(self.experiment, metric=self.metric, mode=self.mode,
                                                   num_samples=self.num_samples, space_summary=self.space_summary,
-                                                  resources=resources, max_t=self.max_t), fallback=True)
-        self._start_sent = True
+                                                  resources=resources, max_t=self.max_t), critical=True)
+        self.start_sent = True
 
     @never_raises
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial's configurations as running (those that have not already ended)."""
-        for key, config in _units(trial):
-            info_ = self._unit(key, config)
-            if info_["status"] in ("pending", "running"):
-                info_["status"] = "running"
+        for _, entry, _ in self._configs(trial, {}):
+            if entry["status"] == "pending":
+                entry["status"] = "running"
         self._tick(dirty=True)
 
     @never_raises
@@ -213,56 +198,40 @@ class TelegramTuneCallback(Callback):
                         **info: Any) -> None:
         """Record the latest metrics of the trial's configurations; edit the dashboard if ``edit_interval_s`` has
         passed."""
-        members = _members(result)
-        if members is None:
-            self._record_result(self._trial(trial), result)["status"] = "running"
-        else:
-            configs = dict(_units(trial))
-            for key, m in members.items():
-                info_ = self._record_result(self._unit(key, configs.get(key, {})), m)
-                info_["status"] = _MEMBER_STATUS.get(str(m.get("status")), "running")
+        for _, entry, part in self._configs(trial, result):
+            if part is not None:
+                self._record(entry, part, "running")
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial's configurations as finished, or as stopped by ASHA when they ended below ``max_t``
         episodes (a pack's result says how each one ended)."""
-        last = getattr(trial, "last_result", None) or {}
-        members = _members(last)
-        if members is None:
-            info_ = self._record_result(self._trial(trial), last)
-            episodes = info_.get("episodes")
-            info_["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t else "finished"
-        else:
-            for key, config in _units(trial):
-                info_ = self._unit(key, config)
-                if key in members:
-                    self._record_result(info_, members[key])
-                    info_["status"] = _MEMBER_STATUS.get(str(members[key].get("status")), info_["status"])
-                if info_["status"] in ("pending", "running"):
-                    info_["status"] = "finished"
+        for _, entry, part in self._configs(trial, getattr(trial, "last_result", None) or {}):
+            if part is not None:
+                self._record(entry, part, entry["status"])
+            if entry["status"] in ("pending", "running"):
+                episodes = entry.get("episodes")
+                entry["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t \
+                    else "finished"
         self._tick(dirty=True)
 
     @never_raises
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Count the trial's unfinished configurations as errored and add them to the current burst (one ❌ digest
         per burst)."""
-        last = getattr(trial, "last_result", None) or {}
-        members = _members(last) or {}
         text, secrets = _error_text(trial), self.notifier.secrets
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         error = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
-        for key, config in _units(trial):
-            info_ = self._unit(key, config)
-            if key in members:
-                self._record_result(info_, members[key])
-            if info_["status"] in ("finished", "stopped") and key != str(trial.trial_id):
+        for key, entry, part in self._configs(trial, getattr(trial, "last_result", None) or {}):
+            if part is not None:
+                self._record(entry, part, entry["status"])
+            if entry["status"] in ("finished", "stopped") and key != str(trial.trial_id):
                 continue  # it had left its pack before the pack failed
-            info_["status"] = "errored"
-            info_["error"] = error
-            if key not in self._errors_reported and key not in self._burst:
-                self._burst.append(key)
-                info_["error_text"] = redact(text[-4000:], secrets)
+            entry["status"], entry["error"] = "errored", error
+            if key not in self.errors_reported and key not in self.errors_pending:
+                self.errors_pending.append(key)
+                entry["error_text"] = redact(text[-4000:], secrets)
                 if self._burst_started is None:
                     self._burst_started = self._clock()
         self._tick(dirty=True)
@@ -278,42 +247,49 @@ class TelegramTuneCallback(Callback):
         try:
             for trial in trials or []:
                 tid = str(getattr(trial, "trial_id", ""))
-                if tid in self._trials and str(getattr(trial, "status", "")) == "ERROR":
-                    self._trials[tid]["status"] = "errored"
+                if tid in self.trials and str(getattr(trial, "status", "")) == "ERROR":
+                    self.trials[tid]["status"] = "errored"
             # The final edit says "finished" and drops the estimate, even with no new result.
             self._tick(dirty=True, force=True, final=True)
         finally:
             self.notifier.flush(self.end_flush_s)
-            self._dashboard_id = self.notifier.live_message_id(DASHBOARD_KEY) or self._dashboard_id
+            self.dashboard_message_id = self.notifier.live_message_id(DASHBOARD_KEY) or self.dashboard_message_id
 
     # -------------------------------------------------------------------------------------------- internals ---
 
-    def _trial(self, trial: Any) -> dict[str, Any]:
-        return self._unit(str(trial.trial_id), getattr(trial, "config", None) or {})
+    def _configs(self, trial: Any, result: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], Any]]:
+        """What the dashboard counts in a trial, as ``(key, entry, its part of result)``: each configuration of a
+        pack (issue 14; None where the result has no part for it), else the trial itself (the whole result)."""
+        config = getattr(trial, "config", None) or {}
+        pack = config.get("pack") if isinstance(config, Mapping) else None
+        if not isinstance(pack, list):
+            return [(str(trial.trial_id), self._entry(str(trial.trial_id), config), result)]
+        parts = members_of(dict(result))
+        return [(str(m["id"]), self._entry(str(m["id"]), m.get("params") or {}), parts.get(str(m["id"])))
+                for m in pack]
 
-    def _unit(self, key: str, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The entry of one configuration (a trial's, or one member of a packed trial's)."""
-        if key not in self._trials:
-            self._trials[key] = {"status": "pending", "config": dict(messages.summarize_config(config, max_items=8)),
+    def _entry(self, key: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The dashboard's entry of one configuration (made pending on first sight)."""
+        if key not in self.trials:
+            self.trials[key] = {"status": "pending", "config": dict(messages.summarize_config(config, max_items=8)),
                                  "metric": None, "std": None, "val_return": None, "episodes": None}
-        return self._trials[key]
+        return self.trials[key]
 
-    def _record_result(self, info: dict[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
-        for key, name in ((self.metric, "metric"), (f"{self.metric}_std", "std"), ("val_return", "val_return")):
+    def _record(self, entry: dict[str, Any], result: Mapping[str, Any], status: str) -> None:
+        """Take the metrics of ``result``; the status is a pack member's own, else ``status``."""
+        for name, key in (("metric", self.metric), ("std", f"{self.metric}_std"), ("val_return", "val_return"),
+                          ("episodes", "episodes")):
             value = finite_or_none(result.get(key))
             if value is not None:
-                info[name] = value
-        episodes = _int(result.get("episodes"))
-        if episodes is not None:
-            info["episodes"] = episodes
-        return info
+                entry[name] = int(value) if name == "episodes" else value
+        entry["status"] = _MEMBER_STATUS.get(str(result.get("status")), status)
 
     def counts(self) -> dict[str, int]:
-        """Trials per status: running, finished, stopped (by ASHA), errored, pending."""
+        """Configurations per status: running, finished, stopped (by ASHA), errored, pending."""
         c = {"running": 0, "finished": 0, "stopped": 0, "errored": 0, "pending": 0}
-        for info in self._trials.values():
+        for info in self.trials.values():
             c[info["status"]] = c.get(info["status"], 0) + 1
-        total = self.num_samples if self.num_samples and self.num_samples > 0 else len(self._trials)
+        total = self.num_samples if self.num_samples and self.num_samples > 0 else len(self.trials)
         c["pending"] = max(c["pending"], total - sum(v for k, v in c.items() if k != "pending"))
         return c
 
@@ -323,7 +299,7 @@ class TelegramTuneCallback(Callback):
         if elapsed is None or elapsed <= 0:
             return None
         done = 0.0
-        for info in self._trials.values():
+        for info in self.trials.values():
             if info["status"] in ("finished", "stopped", "errored"):
                 done += 1.0
             elif info["status"] == "running" and self.max_t and info.get("episodes"):
@@ -332,11 +308,11 @@ class TelegramTuneCallback(Callback):
         return elapsed * max(0.0, total - done) / done if done > 0 and total > 0 else None
 
     def dashboard_text(self, *, final: bool = False) -> str:
-        """The dashboard as it would be sent now: the ``top_k`` trials by the metric, best first."""
+        """The dashboard as it would be sent now: the ``top_k`` configurations by the metric, best first."""
         counts = self.counts()
-        elapsed = self._wall() - self._started_at if self._started_at is not None else None
+        elapsed = self._wall() - self.started_at if self.started_at is not None else None
         sign = -1.0 if self.mode == "max" else 1.0
-        top = sorted(((tid, info) for tid, info in self._trials.items() if info.get("metric") is not None),
+        top = sorted(((tid, info) for tid, info in self.trials.items() if info.get("metric") is not None),
                      key=lambda item: (sign * item[1]["metric"], item[0]))[: self.top_k]
         return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts, top=top,
                                         elapsed_s=elapsed, eta_s=self._eta(elapsed, counts), final=final,
@@ -345,39 +321,21 @@ class TelegramTuneCallback(Callback):
     def _tick(self, *, dirty: bool = False, force: bool = False, final: bool = False) -> None:
         self._dirty = self._dirty or dirty
         now = self._clock()
-        if self._burst and (force or self._burst_started is None or now - self._burst_started >= self.error_digest_s):
+        if self.errors_pending and (force or self._burst_started is None or now - self._burst_started >= self.error_digest_s):
             self._send_error_digest()
         if self._dirty and (force or self._last_dashboard is None or now - self._last_dashboard >= self.edit_interval_s):
             self.notifier.notify(self.dashboard_text(final=final), silent=True, key=DASHBOARD_KEY, live=True)
             self._last_dashboard, self._dirty = now, False
 
     def _send_error_digest(self) -> None:
-        burst, self._burst, self._burst_started = self._burst, [], None
-        errors = [(tid, self._trials.get(tid, {}).get("config") or {}, self._trials.get(tid, {}).get("error", ""))
-                  for tid in burst]
-        total_errored = sum(1 for info in self._trials.values() if info["status"] == "errored")
-        tails = [self._trials.get(tid, {}).pop("error_text", None) for tid in burst]
+        burst, self.errors_pending, self._burst_started = self.errors_pending, [], None
+        entries = [self.trials.get(tid, {}) for tid in burst]
+        errors = [(tid, e.get("config") or {}, e.get("error", "")) for tid, e in zip(burst, entries, strict=True)]
+        tails = [e.pop("error_text", None) for e in entries]  # the tails are sent once, never saved
+        total_errored = sum(1 for info in self.trials.values() if info["status"] == "errored")
         self.notifier.notify(messages.sweep_errors(self.experiment, errors, total_errored=total_errored, tail=tails[0],
                                                    secrets=self.notifier.secrets), critical=True)
-        self._errors_reported.extend(burst)
-
-
-_MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
-"""A packed trial's configuration status (:mod:`dqlray.pack`) as the dashboard counts it."""
-
-
-def _units(trial: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    """What the dashboard counts in a trial: each configuration of a pack (issue 14), else the trial itself."""
-    config = getattr(trial, "config", None) or {}
-    pack = config.get("pack") if isinstance(config, Mapping) else None
-    if isinstance(pack, list):
-        return [(str(m["id"]), m.get("params") or {}) for m in pack]
-    return [(str(trial.trial_id), config)]
-
-
-def _members(result: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A packed trial's result per configuration, else None."""
-    return members_of(dict(result)) or None
+        self.errors_reported.extend(burst)
 
 
 def _cluster_resources() -> dict[str, Any] | None:
