@@ -20,10 +20,9 @@ from dqlray.notify.credentials import (
 )
 from dqlray.notify.messages import (
     MESSAGE_LIMIT,
+    fit,
     html_to_plain,
-    split_html,
     tail_text,
-    truncate_html,
     utf16_len,
     visible_len,
 )
@@ -88,35 +87,27 @@ def test_utf16_length_counts_astral_emoji_as_two_units():
     assert visible_len("<b>🚀</b> &amp;&lt;") == 5  # 2 + space + & + <
 
 
-def test_split_html_keeps_every_part_under_limit_and_tags_balanced():
-    body = "\n".join(f"line {i} 🚀 &lt;tag&gt; &amp;" for i in range(900))
-    text = "<b>head</b>\n<pre>" + body + "</pre>\ntail"
+def test_fit_cuts_an_over_long_message_to_plain_text_without_breaking_entities_or_emoji():
+    text = "<b>title</b> &amp;\n<pre>" + "\n".join(f"line {i} 🚀 &lt;x&gt;" for i in range(900)) + "</pre>"
     assert visible_len(text) > MESSAGE_LIMIT
-    parts = split_html(text)
-    assert len(parts) >= 4
-    for part in parts:
-        err, plain = parse_html(part)
+    for limit in (MESSAGE_LIMIT, 1000, 1001):
+        out = fit(text, limit)
+        err, plain = parse_html(out)
         assert err is None, err
-        assert utf16_len(plain) <= MESSAGE_LIMIT
-    assert parts[1].startswith("<pre>") and parts[1].endswith("</pre>")
-    assert "\n".join(html_to_plain(p) for p in parts) == html_to_plain(text)
+        assert limit - 2 <= utf16_len(plain) <= limit  # an emoji (2 units) is never cut in half
+        assert plain.startswith("title &\nline 0 🚀 <x>") and plain.endswith("…")
+    short = "<b>short</b> &amp; fine"
+    assert fit(short) == short
 
 
-def test_split_html_hard_cuts_one_long_line_without_breaking_surrogates():
-    text = "🚀" * 3000 + " &amp; end"  # 6000+ UTF-16 units on one line
-    parts = split_html(text)
-    assert len(parts) == 2
-    assert all(visible_len(p) <= MESSAGE_LIMIT for p in parts)
-    assert "".join(html_to_plain(p) for p in parts) == "🚀" * 3000 + " & end"
-
-
-def test_truncate_html_closes_tags_and_marks_the_cut():
-    text = "<b>title</b>\n<pre>" + "\n".join("x" * 50 for _ in range(200)) + "</pre>"
-    out = truncate_html(text, 1000)
-    err, plain = parse_html(out)
-    assert err is None
-    assert utf16_len(plain) <= 1000
-    assert plain.endswith("… (truncated)")
+def test_builders_keep_a_message_with_too_many_parts_within_the_limit():
+    metrics = {f"metric_{i}": i / 7 for i in range(400)}
+    text = messages.run_finished(EXPERIMENT, final_reward=0.1, test_metrics=metrics, baselines={"buy&hold": metrics},
+                                 model_path="results/x/model.pt")
+    err, plain = parse_html(text)
+    assert err is None and utf16_len(plain) <= MESSAGE_LIMIT
+    assert plain.startswith(f"✅ Training finished · {EXPERIMENT}") and plain.endswith("…")
+    assert utf16_len(html_to_plain(messages.caption("Equity curve", "x" * 2000))) <= messages.CAPTION_LIMIT
 
 
 def test_tail_text_keeps_the_end_of_a_traceback():

@@ -1,10 +1,9 @@
-"""Message texts (Telegram HTML): pure functions, values in, escaped HTML out, each within Telegram's limit.
+"""Message texts (Telegram HTML): pure functions, values in, escaped HTML out.
 
 The one home of message length (issue 15): every builder returns at most :data:`MESSAGE_LIMIT` visible UTF-16 units
-(an emoji outside the BMP counts 2; captions :data:`CAPTION_LIMIT`), cut at line boundaries with tags closed, so no
-sender or client splits again. Every value goes through :func:`esc` (HTML needs only ``<>&`` escaped, so names such as
-``hp_sweep_lr0.001_g0.99`` render as they are, unlike Markdown); config dicts are summarized, never dumped (no paths,
-nested objects or credentials). Emojis: 🚀 start, 📊 progress, 💾 checkpoint, ✅ done, ❌ error, ⏰ time limit.
+(an emoji outside the BMP counts 2; captions :data:`CAPTION_LIMIT`); no sender or client cuts again. Values go
+through :func:`esc` (HTML needs only ``<>&`` escaped, so ``hp_sweep_lr0.001_g0.99`` renders as it is, unlike
+Markdown); configs are summarized, never dumped (no paths, nested objects or credentials).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ MESSAGE_LIMIT = 4096
 CAPTION_LIMIT = 1024
 """Most UTF-16 code units in a photo caption after entity parsing."""
 
-_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)\b[^<>]*>")
 _ANY_TAG = re.compile(r"<[^<>]*>")
 _SECRETISH = re.compile(r"(token|secret|passw|credential|api[_-]?key|auth)", re.IGNORECASE)
 _MAX_VALUE_CHARS = 40
@@ -78,66 +76,23 @@ def tail_text(text: str, limit: int, marker: str = "…\n") -> str:
     return marker + "\n".join(reversed(kept))
 
 
-def split_html(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Split HTML ``text`` at line boundaries into parts of at most ``limit`` visible UTF-16 units each; tags open at
-    a boundary are closed and reopened (a ``<pre>`` block stays one in both parts); a single line longer than ``limit``
-    is cut into plain-text pieces. Entities are never cut."""
-    if limit < 16:
-        raise ValueError(f"limit={limit} is too small to split into: use at least 16")
-    if visible_len(text) <= limit:
-        return [text]
-    parts: list[str] = []
-    stack: list[tuple[str, str]] = []
-    cur: list[str] = []
-    cur_len = 0
-
-    def close() -> None:
-        nonlocal cur, cur_len
-        if cur:
-            parts.append("\n".join(cur) + "".join(f"</{name}>" for name, _ in reversed(stack)))
-        cur, cur_len = [], 0
-
-    for line in text.split("\n"):
-        n = visible_len(line)
-        if cur and cur_len + 1 + n > limit or n > limit:
-            close()
-        if n > limit:  # cut one over-long line into plain (escaped, tag-free) pieces
-            plain = html_to_plain(line)
-            while plain:
-                piece = _cut_utf16(plain, limit)
-                parts.append(esc(piece))
-                plain = plain[len(piece):]
-        elif not cur:
-            cur, cur_len = ["".join(tag for _, tag in stack) + line], n
-        else:
-            cur.append(line)
-            cur_len += 1 + n
-        for m in _TAG.finditer(line):  # the tags still open after this line
-            name = m.group(2).lower()
-            if not m.group(1):
-                stack.append((name, m.group(0)))
-            elif any(n == name for n, _ in stack):
-                del stack[max(i for i, (n, _) in enumerate(stack) if n == name)]
-    close()
-    return [p for p in parts if html_to_plain(p).strip()]
-
-
-def truncate_html(text: str, limit: int = MESSAGE_LIMIT, marker: str = "\n… (truncated)") -> str:
-    """``text`` cut to at most ``limit`` visible units at a line boundary, tags closed, ``marker`` appended."""
+def fit(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` if within ``limit`` visible units, else its start as escaped plain text ending in ``…``: the last
+    resort for a message whose parts did not fit (a cut never breaks a tag, an entity or a surrogate pair)."""
     if visible_len(text) <= limit:
         return text
-    return split_html(text, limit - utf16_len(marker))[0] + esc(marker)
+    return esc(_cut_utf16(html_to_plain(text), limit - 1) + "…")
 
 
 def _message(emoji: str, title: str, experiment: str, *lines: str | None, tb: str = "", tb_label: str = "",
              secrets: tuple[str, ...] = ()) -> str:
-    """One message within the limit (the one place that enforces it): a header naming the experiment, the lines
-    (empty ones left out), then as much of the end of traceback ``tb`` (redacted) as fits."""
+    """One message: a header naming the experiment, the lines (empty ones left out), then as much of the end of
+    traceback ``tb`` (redacted) as fits in the limit."""
     text = "\n".join([f"{emoji} <b>{esc(title)}</b> · <code>{esc(experiment)}</code>", *(line for line in lines if line)])
     budget = MESSAGE_LIMIT - visible_len(text + tb_label) - 8
     if tb and budget > 200:
         text += f"\n{tb_label}<pre>{esc(tail_text(redact(tb, secrets).rstrip(), budget))}</pre>"
-    return truncate_html(text)
+    return fit(text)
 
 
 def fmt_num(value: Any) -> str:
@@ -252,8 +207,8 @@ def run_finished(experiment: str, *, final_reward: float | None, test_metrics: M
 
 
 def caption(title: str, experiment: str) -> str:
-    """A picture's caption (within the caption limit)."""
-    return truncate_html(f"📈 {esc(title)} · <code>{esc(experiment)}</code>", CAPTION_LIMIT)
+    """A picture's caption."""
+    return fit(f"📈 {esc(title)} · <code>{esc(experiment)}</code>", CAPTION_LIMIT)
 
 
 def error_message(experiment: str, exc: BaseException | str, *, title: str = "Training failed",
