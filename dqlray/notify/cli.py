@@ -1,7 +1,4 @@
-"""``dqlray notify test`` and ``dqlray notify relay``.
-
-Plug into the ``dqlray`` command with :func:`add_notify_parser`; each subcommand sets ``args.func(args) -> int``
-(the exit status). Output is one line per fact, redacted, never a traceback.
+"""``dqlray notify test`` and ``dqlray notify relay``: one redacted line per fact, never a traceback.
 
 Exit status: 0 ok; 1 unexpected error; 2 not configured / config refused; 3 network unreachable;
 4 token rejected or rate limited (relay); 5 chat wrong / message refused.
@@ -14,7 +11,7 @@ import functools
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +62,26 @@ def _unreachable_msg(cfg: NotifyConfig, exc: TelegramTransportError) -> str:
             "messages are spooled there; run `dqlray notify relay` on a login node.")
 
 
+def _paced(cfg: NotifyConfig, client: TelegramClient, max_wait_s: float) -> Callable[..., Any]:
+    """``send("send_message", text, ...)``: a call to the configured chat, paced by the sender's
+    :class:`~dqlray.notify.sender.RateGovernor`; a 429 holds the chat there, as in the sender, and is waited out
+    when it asks for at most ``max_wait_s``."""
+    governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute, time.monotonic)
+
+    def send(method: str, *a: Any, **kw: Any) -> Any:
+        while True:
+            time.sleep(max(0.0, governor.next_allowed(cfg.chat_id, cfg.is_group) - time.monotonic()))
+            governor.record(cfg.chat_id, cfg.is_group)
+            try:
+                return getattr(client, method)(cfg.chat_id, *a, thread_id=cfg.message_thread_id, **kw)
+            except TelegramRetryAfter as exc:
+                if (wait := exc.retry_after or 1.0) > max_wait_s:
+                    raise
+                governor.block(cfg.chat_id, wait)
+
+    return send
+
+
 def _command(body: Callable[[argparse.Namespace, NotifyConfig, TelegramClient], int]) -> Callable[..., int]:
     """Load the settings and open a client for ``body``; every failure becomes one redacted line and an exit status."""
 
@@ -79,7 +96,7 @@ def _command(body: Callable[[argparse.Namespace, NotifyConfig, TelegramClient], 
                 return EXIT_CONFIG
             timeout = max(1.0, float(args.timeout))
             client = TelegramClient(cfg.token, api_base=cfg.api_base, connect_timeout_s=min(cfg.connect_timeout_s, timeout),
-                                    read_timeout_s=timeout, secrets=cfg.secrets, max_retry_wait_s=max(0.0, args.max_wait))
+                                    read_timeout_s=timeout, secrets=cfg.secrets)
             try:
                 return body(args, cfg, client)
             finally:
@@ -115,7 +132,7 @@ def cmd_test(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClient
     text = (f"🔔 <b>dqlray test message</b>\nFrom <code>{esc(socket.gethostname())}</code> at "
             f"{esc(time.strftime('%Y-%m-%d %H:%M:%S'))}. Notifications work.")
     try:
-        mid = client.send_message(cfg.chat_id, text, thread_id=cfg.message_thread_id)
+        mid = _paced(cfg, client, args.max_wait)("send_message", text)
     except TelegramApiError as exc:
         if exc.is_chat_not_found:
             _say(f"chat: {cfg.chat_id} not found: open a chat with @{bot} and send /start (or add the bot to the "
@@ -140,13 +157,7 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
     spool = Spool(Path(args.spool_dir).expanduser() if args.spool_dir else cfg.spool_dir, cfg.secrets)
     if args.reclaim_after is not None and (n := spool.reclaim_stale(args.reclaim_after)):
         _say(f"relay: gave back {n} file(s) left claimed by an earlier relay", cfg.secrets)
-    governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute, time.monotonic)
-
-    def paced(call: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-        time.sleep(max(0.0, governor.next_allowed(cfg.chat_id, cfg.is_group) - time.monotonic()))
-        governor.record(cfg.chat_id, cfg.is_group)
-        return call(cfg.chat_id, *a, thread_id=cfg.message_thread_id, **kw)
-
+    send = _paced(cfg, client, args.max_wait)
     sent, status = 0, EXIT_OK
     for path in spool.pending():
         if (claimed := spool.claim(path)) is None:
@@ -162,9 +173,9 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
                  err=True)
         try:
             if entry.photo_path and Path(entry.photo_path).is_file():
-                paced(client.send_photo, entry.photo_path, entry.text, silent=entry.silent)
+                send("send_photo", entry.photo_path, entry.text, silent=entry.silent)
             else:
-                paced(client.send_message, entry.text, silent=entry.silent)
+                send("send_message", entry.text, silent=entry.silent)
         except BaseException as exc:
             spool.release(claimed)  # a later relay retries it
             if isinstance(exc, TelegramRetryAfter):
@@ -182,7 +193,7 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
         for picture in entry.attachments:  # best effort: the text is what must arrive exactly once
             try:
                 if Path(picture).is_file():
-                    paced(client.send_photo, picture, "", silent=True)
+                    send("send_photo", picture, "", silent=True)
             except Exception as exc:
                 _say(f"relay: picture {Path(picture).name} not sent: {type(exc).__name__}: {exc}", cfg.secrets,
                      err=True)
@@ -190,10 +201,3 @@ def cmd_relay(args: argparse.Namespace, cfg: NotifyConfig, client: TelegramClien
     _say(f"relay: sent {sent} message(s); {len(spool.pending())} left in {spool.directory}", cfg.secrets)
     return status
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dqlray.notify {test,relay}`` (the same subcommands as ``dqlray notify``)."""
-    parser = argparse.ArgumentParser(prog="python -m dqlray.notify")
-    add_notify_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["notify", *(argv if argv is not None else sys.argv[1:])])
-    return int(args.func(args))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,22 +80,15 @@ def _transport_error(method: str, exc: requests.RequestException, secrets: tuple
 
 
 class TelegramClient:
-    """A small Bot API client. Not thread-safe: one owner thread (the sender) per client.
-
-    ``max_retry_wait_s``: a 429 whose ``retry_after`` is at most this is waited out here (``sleep``) and the call
-    retried, up to three times; longer ones raise :class:`TelegramRetryAfter`. The background sender uses 0 and lets
-    its rate governor hold the chat instead, so that a long ``retry_after`` cannot block other work.
-    """
+    """A small Bot API client. Not thread-safe: one owner thread per client. It never waits out a 429: it raises
+    :class:`TelegramRetryAfter`, and its caller holds the chat (the sender's and the relay's rate governor)."""
 
     def __init__(self, token: str, *, api_base: str = "https://api.telegram.org", connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 15.0, max_retry_wait_s: float = 0.0,
-                 sleep: Callable[[float], Any] = time.sleep, secrets: tuple[str, ...] = ()) -> None:
+                 read_timeout_s: float = 15.0, secrets: tuple[str, ...] = ()) -> None:
         self._token = token
         self._base = api_base.rstrip("/")
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._session = requests.Session()
-        self._max_retry_wait_s = max_retry_wait_s
-        self._sleep = sleep
         self._secrets = (token, *secrets)
 
     def close(self) -> None:
@@ -109,37 +100,31 @@ class TelegramClient:
         """POST ``method`` and return its ``result``; raise a :class:`TelegramError` subclass (redacted)."""
         url = f"{self._base}/bot{self._token}/{method}"
         timeout = (self._timeout[0], read_timeout_s or self._timeout[1])
-        for attempt in range(4):
-            try:
-                for f in (files or {}).values():  # rewind on retry
-                    f[1].seek(0)
-                if files:  # a form: its values are text ("true", not Python's "True")
-                    form = {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in (payload or {}).items()}
-                    resp = self._session.post(url, data=form, files=files, timeout=timeout)
-                else:
-                    resp = self._session.post(url, json=payload or {}, timeout=timeout)
-            except requests.RequestException as exc:
-                # `from None`: the chained exception's text has the URL, and so the token.
-                raise _transport_error(method, exc, self._secrets) from None
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                raise TelegramApiError(method, f"HTTP {resp.status_code} with a non-JSON answer", resp.status_code)
-            if body.get("ok"):
-                return body.get("result")
-            code = body.get("error_code", resp.status_code)
-            desc = redact(body.get("description", ""), self._secrets)
-            retry_after = (body.get("parameters") or {}).get("retry_after")
-            if code == 429:
-                wait = float(retry_after if retry_after is not None else 1.0)
-                if wait <= self._max_retry_wait_s and attempt < 3:
-                    self._sleep(wait)
-                    continue
-                raise TelegramRetryAfter(method, desc, code, wait)
-            raise TelegramApiError(method, desc, code, retry_after)
-        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+        try:
+            for f in (files or {}).values():  # rewind: the plain-text retry sends the file again
+                f[1].seek(0)
+            if files:  # a form: its values are text ("true", not Python's "True")
+                form = {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in (payload or {}).items()}
+                resp = self._session.post(url, data=form, files=files, timeout=timeout)
+            else:
+                resp = self._session.post(url, json=payload or {}, timeout=timeout)
+        except requests.RequestException as exc:
+            # `from None`: the chained exception's text has the URL, and so the token.
+            raise _transport_error(method, exc, self._secrets) from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise TelegramApiError(method, f"HTTP {resp.status_code} with a non-JSON answer", resp.status_code)
+        if body.get("ok"):
+            return body.get("result")
+        code = body.get("error_code", resp.status_code)
+        desc = redact(body.get("description", ""), self._secrets)
+        retry_after = (body.get("parameters") or {}).get("retry_after")
+        if code == 429:
+            raise TelegramRetryAfter(method, desc, code, float(retry_after if retry_after is not None else 1.0))
+        raise TelegramApiError(method, desc, code, retry_after)
 
     def _call_html(self, method: str, payload: dict[str, Any], field: str, **kwargs: Any) -> Any:
         """Call with parse_mode HTML; a 400 ``can't parse entities`` is retried once as plain text (tags dropped,
