@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dqlray.notify import messages
@@ -34,15 +34,14 @@ def job_context() -> dict[str, str]:
 class _BaseNotifier:
     error_title = "Training failed"
 
-    def __init__(self, notifier: Notifier, experiment: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, notifier: Notifier, experiment: str) -> None:
         if not isinstance(experiment, str) or not experiment:
             raise ValueError(f"experiment={experiment!r} is not allowed: give a non-empty name")
         self.notifier = notifier
         """The process's notifier (see :func:`~dqlray.notify.sender.get_notifier`)."""
         self.experiment = experiment
         self.secrets = notifier.secrets
-        self._clock = clock
-        self._t0 = clock()
+        self._t0 = time.monotonic()
         self._terminal_sent = False
         # Where a run got to, for the ⏰ message (a sweep driver has none).
         self._episode: int | None = None
@@ -98,17 +97,16 @@ class RunNotifier(_BaseNotifier):
         progress_interval_s: least time between two progress updates (newer ones replace queued ones).
     """
 
-    def __init__(self, notifier: Notifier, experiment: str, *, progress_interval_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, notifier: Notifier, experiment: str, *, progress_interval_s: float = 30.0) -> None:
         if progress_interval_s < 0:
             raise ValueError(f"progress_interval_s={progress_interval_s!r} is not allowed: use a number >= 0")
-        super().__init__(notifier, experiment, clock=clock)
+        super().__init__(notifier, experiment)
         self.progress_interval_s = progress_interval_s
 
     @never_raises
     def start(self, *, agent_type: str, episodes: int, data_file: str, **extra: Any) -> None:
         """🚀 loud: the run started (experiment, agent type, episodes, data file, host, SLURM job)."""
-        self._total, self._t0 = episodes, self._clock()
+        self._total, self._t0 = episodes, time.monotonic()
         ctx = {**job_context(), **{k: str(v) for k, v in extra.items()}}
         self.notifier.notify(messages.run_start(self.experiment, agent_type=agent_type, episodes=episodes,
                                                 data_file=data_file, context=ctx), critical=True)
@@ -118,7 +116,7 @@ class RunNotifier(_BaseNotifier):
                  epsilon: float | None = None, **extra: Any) -> None:
         """📊 silent, coalesced: one progress message edited in place, at most every ``progress_interval_s``."""
         self._episode, self._total = episode, total
-        elapsed = self._clock() - self._t0
+        elapsed = time.monotonic() - self._t0
         eta = elapsed / episode * (total - episode) if episode > 0 and total >= episode else None
         text = messages.run_progress(self.experiment, episode=episode, total=total, mean_reward=mean_reward,
                                      loss=loss, epsilon=epsilon, elapsed_s=elapsed, eta_s=eta, extra=extra)
@@ -140,7 +138,7 @@ class RunNotifier(_BaseNotifier):
         ``figures``), model path; then the equity curve picture."""
         text = messages.run_finished(self.experiment, final_reward=final_reward, test_metrics=test_metrics,
                                      baselines=baselines, model_path=str(model_path) if model_path else None,
-                                     statement=statement, figures=figures, elapsed_s=self._clock() - self._t0)
+                                     statement=statement, figures=figures, elapsed_s=time.monotonic() - self._t0)
         self._last(text, image_path, "Equity curve")
 
 
@@ -162,5 +160,5 @@ class SweepNotifier(_BaseNotifier):
         dsr = deflated_sharpe.get("dsr") if isinstance(deflated_sharpe, Mapping) else deflated_sharpe
         text = messages.sweep_finished(self.experiment, best_config=best_config, test_metrics=test_metrics,
                                        baselines=baselines, deflated_sharpe=dsr, n_trials=n_trials,
-                                       statement=statement, figures=figures, elapsed_s=self._clock() - self._t0)
+                                       statement=statement, figures=figures, elapsed_s=time.monotonic() - self._t0)
         self._last(text, image_path, "Winner's equity curve")

@@ -93,21 +93,18 @@ class Notifier:
 
     Args:
         cfg: credentials and limits; ``None`` (nothing configured) makes every method a no-op.
-        clock: monotonic clock (injectable for tests).
         handle_sigterm: install a SIGTERM handler (main thread only; see :meth:`_on_sigterm`).
         register_atexit: flush with ``exit_deadline_s`` when the interpreter exits.
         sigterm_deadline_s: SLURM sends SIGKILL about 30 s (KillWait) after SIGTERM; stay well inside it.
         exit_deadline_s: flush deadline at interpreter exit.
     """
 
-    def __init__(self, cfg: NotifyConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 handle_sigterm: bool = False, register_atexit: bool = True, sigterm_deadline_s: float = 20.0,
-                 exit_deadline_s: float = 10.0) -> None:
+    def __init__(self, cfg: NotifyConfig | None = None, *, handle_sigterm: bool = False, register_atexit: bool = True,
+                 sigterm_deadline_s: float = 20.0, exit_deadline_s: float = 10.0) -> None:
         self.config = cfg
         """The settings (they hold the token: never store them where they are pickled); None: a no-op notifier."""
         self.enabled = cfg is not None
         self.secrets = cfg.secrets if cfg else ()
-        self._clock = clock
         self._cond = threading.Condition(threading.RLock())  # RLock: the SIGTERM handler may interrupt notify()
         self._queue: list[Event] = []
         self._inflight: Event | None = None
@@ -119,7 +116,6 @@ class Notifier:
         self._live_ids: dict[str, int] = {}
         self._live_text: dict[str, str] = {}
         self._key_sent_at: dict[str, float] = {}
-        self._stats: collections.Counter[str] = collections.Counter()
         self._spooled: set[str] = set()
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._exit_deadline_s = exit_deadline_s
@@ -129,7 +125,7 @@ class Notifier:
         if cfg is None:
             return
         self._spool = Spool(cfg.spool_dir, self.secrets)
-        self._governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute, clock)
+        self._governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute, time.monotonic)
         # Circuit breaker: consecutive failures; Telegram is left alone until _open_until; retries wait for backoff.
         self._failures = 0
         self._open_until = self._backoff_until = float("-inf")
@@ -187,11 +183,6 @@ class Notifier:
         """Run ``hook`` (which should only enqueue) on SIGTERM, before the flush."""
         self._shutdown_hooks.append(hook)
 
-    def stats(self) -> dict[str, int]:
-        """Counters: sent, edited, photos, dropped, coalesced, spooled, emailed, failures, rate_limited, refused."""
-        with self._cond:
-            return dict(self._stats)
-
     def pending(self) -> int:
         """Events queued or in flight."""
         with self._cond:
@@ -202,13 +193,13 @@ class Notifier:
         does not answer: a call in flight for :data:`STALL_S` (a hanging API: the circuit then opens, so later
         flushes end at once), or a 429/backoff holding the chat longer than that, ends the wait now. Critical and
         events still queued or in flight then are spooled. Returns True if everything was handled."""
-        end = self._clock() + max(0.0, deadline_s)
+        end = time.monotonic() + max(0.0, deadline_s)
         with self._cond:
             self._flushing += 1
             try:
                 self._cond.notify_all()
                 while (self._queue or self._inflight) and self._thread is not None and self._thread.is_alive():
-                    now = self._clock()
+                    now = time.monotonic()
                     if self._inflight is not None and now - self._inflight_since >= STALL_S:
                         self._open_until = now + self.config.breaker_cooldown_s  # a hanging API: stop trying
                         break
@@ -237,7 +228,6 @@ class Notifier:
         finally:
             with self._cond:
                 self.closed = True
-                self._stats["dropped"] += len(self._queue)
                 self._queue.clear()
                 self._cond.notify_all()
                 spooled = len(self._spooled)
@@ -258,12 +248,10 @@ class Notifier:
                 if queued.key == ev.key:
                     ev.critical = ev.critical or queued.critical
                     self._queue[i] = ev  # latest wins, keeps its place
-                    self._stats["coalesced"] += 1
                     return
         routine = [e for e in self._queue if not e.critical]
         if not ev.critical and len(routine) >= self.config.queue_size:
             self._queue.remove(next((e for e in routine if e.silent), routine[0]))
-            self._stats["dropped"] += 1
         self._queue.append(ev)
 
     def _next_locked(self) -> tuple[Event | None, float | None]:
@@ -272,7 +260,7 @@ class Notifier:
             return None, None
         if self._is_open():
             return self._queue[0], None  # straight to fallback / drop
-        now, gate = self._clock(), self._gate()
+        now, gate = time.monotonic(), self._gate()
         if gate > now:
             return None, gate - now
         best: Event | None = None
@@ -293,7 +281,6 @@ class Notifier:
         cfg = self.config
         client = TelegramClient(cfg.token, api_base=cfg.api_base, connect_timeout_s=cfg.connect_timeout_s,
                                 read_timeout_s=cfg.read_timeout_s, secrets=self.secrets)
-        # max_retry_wait_s=0: 429s are the governor's business, so they never block other work here.
         try:
             while True:
                 with self._cond:
@@ -303,7 +290,7 @@ class Notifier:
                         ev, wait = self._next_locked()
                         if ev is not None:
                             self._queue.remove(ev)
-                            self._inflight, self._inflight_since = ev, self._clock()
+                            self._inflight, self._inflight_since = ev, time.monotonic()
                             break
                         self._cond.wait(timeout=wait if wait is None else max(0.01, wait))
                 try:
@@ -319,7 +306,7 @@ class Notifier:
             client.close()
 
     def _is_open(self) -> bool:
-        return self._clock() < self._open_until
+        return time.monotonic() < self._open_until
 
     def _gate(self) -> float:
         """When the next call may go: the governor's pacing, a 429 hold, or the backoff after a failure (not while
@@ -335,7 +322,6 @@ class Notifier:
             self._send(client, ev)
         except TelegramRetryAfter as exc:
             with self._cond:
-                self._stats["rate_limited"] += 1
                 self._governor.block(self.config.chat_id, exc.retry_after or 1.0)
                 self._requeue_locked(ev)
             log.info("Telegram asked to wait %.0f s (429); holding messages to this chat", exc.retry_after or 1.0)
@@ -350,7 +336,6 @@ class Notifier:
                 self._failure(ev, str(exc), immediate=not exc.is_server_error)
             else:
                 log.warning("Telegram refused a message: %s", redact(exc, self.secrets))
-                self._count("refused")
                 self._fallback(ev)
         except TelegramTransportError as exc:
             self._failure(ev, str(exc), immediate=exc.unreachable)
@@ -358,14 +343,13 @@ class Notifier:
             with self._cond:
                 self._failures, self._open_until, self._backoff_until = 0, float("-inf"), float("-inf")
                 if ev.key is not None:
-                    self._key_sent_at[ev.key] = self._clock()
+                    self._key_sent_at[ev.key] = time.monotonic()
 
     def _send(self, client: TelegramClient, ev: Event) -> None:
         cfg = self.config
         if ev.photo_path and Path(ev.photo_path).is_file():
             self._governor.record(cfg.chat_id, cfg.is_group)
             client.send_photo(cfg.chat_id, ev.photo_path, ev.text, silent=ev.silent, thread_id=cfg.message_thread_id)
-            self._count("photos")
             return
         mid = None
         if ev.live and ev.key:
@@ -376,17 +360,11 @@ class Notifier:
         self._governor.record(cfg.chat_id, cfg.is_group)
         if mid is not None:
             client.edit_message_text(cfg.chat_id, mid, ev.text)
-            self._count("edited")
         else:
             mid = client.send_message(cfg.chat_id, ev.text, silent=ev.silent, thread_id=cfg.message_thread_id)
-            self._count("sent")
         if ev.live and ev.key:
             with self._cond:
                 self._live_ids[ev.key], self._live_text[ev.key] = mid, ev.text
-
-    def _count(self, name: str) -> None:
-        with self._cond:
-            self._stats[name] += 1
 
     def _requeue_locked(self, ev: Event) -> None:
         if not any(ev.key is not None and q.key == ev.key for q in self._queue):  # else a newer version is queued
@@ -394,14 +372,13 @@ class Notifier:
 
     def _failure(self, ev: Event, reason: str, *, immediate: bool) -> None:
         with self._cond:
-            self._stats["failures"] += 1
             self._failures += 1
             opened = immediate or self._failures >= self.config.breaker_threshold
             if opened:  # after breaker_threshold failures, or at once when no connection can be opened
-                self._open_until = self._clock() + self.config.breaker_cooldown_s
+                self._open_until = time.monotonic() + self.config.breaker_cooldown_s
             else:
                 delay = min(MAX_BACKOFF_S, self.config.retry_backoff_s * 2 ** (self._failures - 1))
-                self._backoff_until = self._clock() + delay
+                self._backoff_until = time.monotonic() + delay
                 self._requeue_locked(ev)
         if opened:
             log.warning("Telegram unavailable (%s); for the next %.0f s critical messages go to %s",
@@ -413,7 +390,6 @@ class Notifier:
     def _fallback(self, ev: Event) -> None:
         """Email and spool a critical event; drop a routine one."""
         if not ev.critical:
-            self._count("dropped")
             return
         self._spool_event(ev)
         smtp = self.config.smtp
@@ -424,7 +400,6 @@ class Notifier:
         try:
             send_email(smtp, ev.text, attachments=(*ev.attachments, *filter(None, [ev.photo_path])),
                        secrets=self.secrets)
-            self._count("emailed")
         except EmailError as exc:
             log.warning("%s", redact(exc, self.secrets))
 
@@ -433,7 +408,6 @@ class Notifier:
             self._spool.put(event_id=ev.id, created=ev.created, text=ev.text, silent=ev.silent,
                             photo_path=ev.photo_path, attachments=ev.attachments)
             with self._cond:
-                self._stats["spooled"] += ev.id not in self._spooled
                 self._spooled.add(ev.id)
         except Exception as exc:
             log.error("could not spool a critical notification to %s: %s", self._spool.directory,

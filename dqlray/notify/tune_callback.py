@@ -31,9 +31,9 @@ log = logging.getLogger(LOGGER_NAME)
 
 DASHBOARD_KEY = "dashboard"
 STATE_VERSION = 1
-_RUNTIME = {"_notifier": None, "_burst_started": None, "_last_dashboard": None}
+_RUNTIME = {"_notifier": None, "_burst_started": None, "_last_dashboard": None, "_clock": time.monotonic}
 """Attributes that are not pickled (the notifier holds the token; the timers are of this process), and their value
-after unpickling (the clocks are the default ones then)."""
+after unpickling."""
 _SAVED = ("chat", "dashboard_message_id", "start_sent", "started_at", "trials", "errors_reported", "errors_pending")
 """The attributes :meth:`TelegramTuneCallback.get_state` saves, by their keys in the state."""
 _MEMBER_STATUS = {"active": "running", "finished": "finished", "stopped": "stopped", "diverged": "errored"}
@@ -76,7 +76,7 @@ class TelegramTuneCallback(Callback):
         top_k: trials listed in the dashboard.
         resources: cluster resources for the start message; default ``ray.cluster_resources()``.
         end_flush_s: at ``on_experiment_end`` wait at most this long for the last messages (trials are done then).
-        clock, wall_clock: injectable clocks (tests).
+        clock: the monotonic clock of the throttles (tests step it instead of sleeping).
     """
 
     def __init__(self, *, experiment: str, notifier: Notifier | None = None, metric: str = "val_sharpe",
@@ -84,7 +84,7 @@ class TelegramTuneCallback(Callback):
                  space_summary: Mapping[str, Any] | str | None = None, max_t: int | None = None,
                  edit_interval_s: float = 30.0, error_digest_s: float = 60.0, top_k: int = 5,
                  resources: Mapping[str, Any] | str | None = None, end_flush_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not experiment:
             raise ValueError(f"experiment={experiment!r} is not allowed: give a non-empty name")
         if mode not in ("max", "min"):
@@ -103,7 +103,7 @@ class TelegramTuneCallback(Callback):
         self.resources = dict(resources) if isinstance(resources, Mapping) else resources
         self.end_flush_s = float(end_flush_s)
         self._notifier, self._burst_started, self._last_dashboard = notifier, None, None
-        self._clock, self._wall = clock, wall_clock
+        self._clock = clock
         # The saved state (get_state): nothing secret. ``chat`` names the chat the dashboard message is in.
         self.chat = _chat_fingerprint(notifier.config) if notifier else None
         self.dashboard_message_id: int | None = None
@@ -117,10 +117,10 @@ class TelegramTuneCallback(Callback):
     # ----------------------------------------------------------------------------------------------- state ---
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in (*_RUNTIME, "_clock", "_wall")}
+        return {k: v for k, v in self.__dict__.items() if k not in _RUNTIME}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, **_RUNTIME, _clock=time.monotonic, _wall=time.time)
+        self.__dict__.update(state, **_RUNTIME)
 
     @property
     def notifier(self) -> Notifier:
@@ -176,7 +176,7 @@ class TelegramTuneCallback(Callback):
         if self.num_samples is None:
             self.num_samples = total_num_samples or num_samples
         if self.started_at is None:
-            self.started_at = self._wall()
+            self.started_at = time.time()
         if self.start_sent or not self.notifier.enabled:
             return
         resources = self.resources if self.resources is not None else _cluster_resources()
@@ -310,13 +310,13 @@ class TelegramTuneCallback(Callback):
     def dashboard_text(self, *, final: bool = False) -> str:
         """The dashboard as it would be sent now: the ``top_k`` configurations by the metric, best first."""
         counts = self.counts()
-        elapsed = self._wall() - self.started_at if self.started_at is not None else None
+        elapsed = time.time() - self.started_at if self.started_at is not None else None
         sign = -1.0 if self.mode == "max" else 1.0
         top = sorted(((tid, info) for tid, info in self.trials.items() if info.get("metric") is not None),
                      key=lambda item: (sign * item[1]["metric"], item[0]))[: self.top_k]
         return messages.sweep_dashboard(self.experiment, metric=self.metric, mode=self.mode, counts=counts, top=top,
                                         elapsed_s=elapsed, eta_s=self._eta(elapsed, counts), final=final,
-                                        updated=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wall())))
+                                        updated=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time())))
 
     def _tick(self, *, dirty: bool = False, force: bool = False, final: bool = False) -> None:
         self._dirty = self._dirty or dirty
