@@ -124,17 +124,17 @@ def test_critical_events_are_never_dropped_when_the_queue_is_full(tg, tmp_path):
 
 def test_rate_governor_paces_chats_and_groups():
     now = [0.0]
-    gov = RateGovernor(1.0, 20, lambda: now[0])
-    sent = []
-    for _ in range(60):  # a group: 1/s and at most 20 in any minute
-        now[0] = max(now[0], gov.next_allowed("-100", True))
-        gov.record("-100", True)
-        sent.append(now[0])
-    assert all(b - a >= 1.0 for a, b in zip(sent, sent[1:], strict=False))
-    assert max(sum(1 for t in sent if s <= t < s + 60) for s in sent) <= 20
-    now[0] = 0.0
-    gov.block("4242", 7.0)
-    assert gov.next_allowed("4242", False) == 7.0
+    for per_minute, most in ((20, 20), (None, 60)):  # a group: 1/s and at most 20 in any minute; a user: 1/s
+        gov = RateGovernor(1.0, per_minute, lambda: now[0])
+        sent = []
+        for _ in range(180):
+            now[0] = max(now[0], gov.next_allowed())
+            gov.record()
+            sent.append(now[0])
+        assert all(b - a >= 1.0 for a, b in zip(sent, sent[1:], strict=False))
+        assert max(sum(1 for t in sent if s <= t < s + 60) for s in sent) == most
+    gov.block(7.0)
+    assert gov.next_allowed() == now[0] + 7.0
 
 
 def test_token_never_leaks_to_output_logs_spool_or_email(tg, tmp_path, capfd, caplog):
@@ -371,7 +371,7 @@ def test_exit_with_a_hanging_api_spools_at_once_and_says_so_in_one_line(tg, tmp_
     flush spools at once; what was spooled is announced in one stderr line with the relay command."""
     tg.hang()
     n = Notifier(make_cfg(tg, tmp_path, read_timeout_s=60.0), register_atexit=False)
-    n.notify("🚀 start", fallback=True)
+    n.notify("🚀 start", critical=True)
     assert tg.wait_for(lambda: tg.hung == 1)
     n.notify("✅ finished", critical=True)
     t0 = time.monotonic()

@@ -66,18 +66,18 @@ def _paced(cfg: NotifyConfig, client: TelegramClient, max_wait_s: float) -> Call
     """``send("send_message", text, ...)``: a call to the configured chat, paced by the sender's
     :class:`~dqlray.notify.sender.RateGovernor`; a 429 holds the chat there, as in the sender, and is waited out
     when it asks for at most ``max_wait_s``."""
-    governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute, time.monotonic)
+    governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute if cfg.is_group else None)
 
     def send(method: str, *a: Any, **kw: Any) -> Any:
         while True:
-            time.sleep(max(0.0, governor.next_allowed(cfg.chat_id, cfg.is_group) - time.monotonic()))
-            governor.record(cfg.chat_id, cfg.is_group)
+            time.sleep(max(0.0, governor.next_allowed() - time.monotonic()))
+            governor.record()
             try:
                 return getattr(client, method)(cfg.chat_id, *a, thread_id=cfg.message_thread_id, **kw)
             except TelegramRetryAfter as exc:
                 if (wait := exc.retry_after or 1.0) > max_wait_s:
                     raise
-                governor.block(cfg.chat_id, wait)
+                governor.block(wait)
 
     return send
 

@@ -3,7 +3,7 @@
 Why: a send inline in the training loop stalls or crashes training when Telegram is slow or absent (knockknock,
 notify-run#30), and a blocking send in a Tune callback stalls every trial (ray#35721). One notifier per process
 (:func:`get_notifier`, a no-op when nothing is configured) serves the run, the sweep driver and the Tune callback.
-A per-chat rate governor paces calls and holds a chat on 429; after ``breaker_threshold`` failures, or at once when
+A rate governor paces calls and holds the chat on 429; after ``breaker_threshold`` failures, or at once when
 no connection can be opened, the circuit opens and critical messages go to email and the spool.
 """
 
@@ -54,38 +54,29 @@ class Event:
 
 
 class RateGovernor:
-    """Per-chat pacing: ``min_interval_s`` between calls, ``group_per_minute`` in any 60 s to groups, 429 holds."""
+    """Pacing of one chat: ``min_interval_s`` between calls, at most ``per_minute`` in any 60 s (groups; None: no
+    such limit), and a 429's hold."""
 
-    def __init__(self, min_interval_s: float, group_per_minute: int, clock: Callable[[], float]) -> None:
-        self.min_interval_s = min_interval_s
-        self.group_per_minute = group_per_minute
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._window: dict[str, collections.deque[float]] = {}
-        self._blocked_until: dict[str, float] = {}
+    def __init__(self, min_interval_s: float, per_minute: int | None, clock: Callable[[], float] = time.monotonic):
+        self.min_interval_s, self.per_minute, self._clock = min_interval_s, per_minute, clock
+        self._window: collections.deque[float] = collections.deque()
+        self._last = self._blocked_until = float("-inf")
 
-    def next_allowed(self, chat: str, is_group: bool) -> float:
-        """Clock time at which the next call to ``chat`` may go."""
-        t = self._blocked_until.get(chat, float("-inf"))
-        if chat in self._last:
-            t = max(t, self._last[chat] + self.min_interval_s)
-        window = self._window.get(chat)
-        if is_group and window:
-            while window and window[0] <= self._clock() - 60.0:
-                window.popleft()
-            if len(window) >= self.group_per_minute:
-                t = max(t, window[0] + 60.0)
-        return t
+    def next_allowed(self) -> float:
+        """Clock time at which the next call may go."""
+        while self._window and self._window[0] <= self._clock() - 60.0:
+            self._window.popleft()
+        t = max(self._blocked_until, self._last + self.min_interval_s)
+        return max(t, self._window[0] + 60.0) if self.per_minute and len(self._window) >= self.per_minute else t
 
-    def record(self, chat: str, is_group: bool) -> None:
-        """One call to ``chat`` went out now."""
-        self._last[chat] = now = self._clock()
-        if is_group:
-            self._window.setdefault(chat, collections.deque()).append(now)
+    def record(self) -> None:
+        """One call went out now."""
+        self._last = self._clock()
+        self._window.append(self._last)
 
-    def block(self, chat: str, seconds: float) -> None:
-        """Telegram said 429: nothing to ``chat`` for ``seconds``."""
-        self._blocked_until[chat] = max(self._blocked_until.get(chat, 0.0), self._clock() + max(0.0, seconds))
+    def block(self, seconds: float) -> None:
+        """Telegram said 429: no call for ``seconds``."""
+        self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, seconds))
 
 
 class Notifier:
@@ -113,8 +104,7 @@ class Notifier:
         self.closed = False
         """Whether :meth:`close` ran (then nothing more is sent; critical events go to the spool)."""
         self._flushing = 0
-        self._live_ids: dict[str, int] = {}
-        self._live_text: dict[str, str] = {}
+        self._live: dict[str, tuple[int, str | None]] = {}  # key: (message id, the text it shows)
         self._key_sent_at: dict[str, float] = {}
         self._spooled: set[str] = set()
         self._shutdown_hooks: list[Callable[[], None]] = []
@@ -125,7 +115,7 @@ class Notifier:
         if cfg is None:
             return
         self._spool = Spool(cfg.spool_dir, self.secrets)
-        self._governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute, time.monotonic)
+        self._governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute if cfg.is_group else None)
         # Circuit breaker: consecutive failures; Telegram is left alone until _open_until; retries wait for backoff.
         self._failures = 0
         self._open_until = self._backoff_until = float("-inf")
@@ -141,12 +131,12 @@ class Notifier:
 
     @never_raises
     def notify(self, text: str, *, critical: bool = False, silent: bool = False, key: str | None = None,
-               live: bool = False, photo_path: str | os.PathLike[str] | None = None, fallback: bool = False,
+               live: bool = False, photo_path: str | os.PathLike[str] | None = None,
                attachments: tuple[str, ...] = (), min_interval_s: float = 0.0) -> None:
         """Enqueue one message and return at once; never raises (a failure is logged, redacted).
 
         ``text`` is HTML within Telegram's limit (:mod:`~dqlray.notify.messages`), a caption with ``photo_path``.
-        ``critical`` ones (start, end, error, time limit; ``fallback`` is the same) are never dropped, and are
+        ``critical`` ones (start, end, error, time limit) are never dropped, and are
         spooled and emailed when Telegram cannot take them; ``silent`` ones do not buzz the phone; a newer one with
         the same ``key`` replaces a queued one, and with ``live`` it is one message edited in place, at most every
         ``min_interval_s`` (ignored while flushing). ``attachments`` go with the fallback email and the relay.
@@ -155,7 +145,7 @@ class Notifier:
             raise ValueError("live=True needs a key naming the live message")
         if not self.enabled:
             return
-        ev = Event(text=text, critical=critical or fallback, silent=silent, key=key, live=live,
+        ev = Event(text=text, critical=critical, silent=silent, key=key, live=live,
                    photo_path=str(photo_path) if photo_path else None,
                    attachments=tuple(str(a) for a in attachments), min_interval_s=min_interval_s)
         with self._cond:
@@ -172,12 +162,12 @@ class Notifier:
     def live_message_id(self, key: str) -> int | None:
         """The Telegram message id of live message ``key`` once it has been sent (for callback state)."""
         with self._cond:
-            return self._live_ids.get(key)
+            return self._live.get(key, (None,))[0]
 
     def set_live_message_id(self, key: str, message_id: int) -> None:
         """Adopt an existing message as live message ``key`` (a restored sweep keeps editing its dashboard)."""
         with self._cond:
-            self._live_ids[key] = int(message_id)
+            self._live[key] = (int(message_id), None)
 
     def add_shutdown_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` (which should only enqueue) on SIGTERM, before the flush."""
@@ -312,7 +302,7 @@ class Notifier:
         """When the next call may go: the governor's pacing, a 429 hold, or the backoff after a failure (not while
         flushing: at exit one retry now, and a hanging one stalls the flush, beats waiting out the backoff first)."""
         backoff = float("-inf") if self._flushing else self._backoff_until
-        return max(backoff, self._governor.next_allowed(self.config.chat_id, self.config.is_group))
+        return max(backoff, self._governor.next_allowed())
 
     def _deliver(self, client: TelegramClient, ev: Event) -> None:
         if self._is_open():
@@ -322,14 +312,13 @@ class Notifier:
             self._send(client, ev)
         except TelegramRetryAfter as exc:
             with self._cond:
-                self._governor.block(self.config.chat_id, exc.retry_after or 1.0)
+                self._governor.block(exc.retry_after or 1.0)
                 self._requeue_locked(ev)
             log.info("Telegram asked to wait %.0f s (429); holding messages to this chat", exc.retry_after or 1.0)
         except TelegramApiError as exc:
             if ev.live and exc.is_message_gone:
                 with self._cond:  # the user deleted the live message: start a new one
-                    self._live_ids.pop(ev.key or "", None)
-                    self._live_text.pop(ev.key or "", None)
+                    self._live.pop(ev.key or "", None)
                     self._requeue_locked(ev)
             elif exc.is_server_error or exc.is_unauthorized or exc.is_chat_not_found or exc.error_code == 403:
                 # A wrong token/chat: nothing will get through, fall back now; a 5xx: retry later.
@@ -347,24 +336,20 @@ class Notifier:
 
     def _send(self, client: TelegramClient, ev: Event) -> None:
         cfg = self.config
+        with self._cond:
+            mid, shown = self._live.get(ev.key or "", (None, None)) if ev.live else (None, None)
+        if mid is not None and shown == ev.text:
+            return  # the live message already says this: no call at all
+        self._governor.record()
         if ev.photo_path and Path(ev.photo_path).is_file():
-            self._governor.record(cfg.chat_id, cfg.is_group)
             client.send_photo(cfg.chat_id, ev.photo_path, ev.text, silent=ev.silent, thread_id=cfg.message_thread_id)
-            return
-        mid = None
-        if ev.live and ev.key:
-            with self._cond:
-                mid = self._live_ids.get(ev.key)
-                if mid is not None and self._live_text.get(ev.key) == ev.text:
-                    return  # the message already says this: no call at all
-        self._governor.record(cfg.chat_id, cfg.is_group)
-        if mid is not None:
+        elif mid is not None:
             client.edit_message_text(cfg.chat_id, mid, ev.text)
         else:
             mid = client.send_message(cfg.chat_id, ev.text, silent=ev.silent, thread_id=cfg.message_thread_id)
-        if ev.live and ev.key:
+        if ev.live and mid is not None:
             with self._cond:
-                self._live_ids[ev.key], self._live_text[ev.key] = mid, ev.text
+                self._live[ev.key or ""] = (mid, ev.text)
 
     def _requeue_locked(self, ev: Event) -> None:
         if not any(ev.key is not None and q.key == ev.key for q in self._queue):  # else a newer version is queued
@@ -418,17 +403,15 @@ class Notifier:
         self.close(self._exit_deadline_s)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        """The program's own SIGTERM handler, if it has one, runs at once; an ignored SIGTERM stays ignored; else run
-        the shutdown hooks (⏰ message), flush with ``sigterm_deadline_s`` and die of SIGTERM as before."""
+        """The program's own SIGTERM handler, if it has one, runs at once (a graceful stop that will report and close
+        us; blocking here would eat SLURM's KillWait); an ignored SIGTERM stays ignored; else run the shutdown hooks
+        (⏰ message), flush with ``sigterm_deadline_s`` and die of SIGTERM as before."""
         prev = self._prev_sigterm
         if callable(prev):
-            # The program handles SIGTERM itself (e.g. a graceful stop that checkpoints first): let it, at once.
-            # It goes on running and will report and close us; blocking here would eat SLURM's KillWait.
             prev(signum, frame)
             return
         if prev == signal.SIG_IGN:
-            return  # the program chose to ignore SIGTERM: it is not ending
-        # The process was about to die of SIGTERM: say so, deliver what is queued, then die of it as before.
+            return
         for hook in list(self._shutdown_hooks):
             try:
                 hook()
