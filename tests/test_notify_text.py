@@ -10,11 +10,11 @@ import stat
 import pytest
 from fake_telegram import make_fake_token, parse_html
 
+from dqlray.errors import ConfigError
 from dqlray.notify import messages
 from dqlray.notify.credentials import (
     CommandLineSecretWarning,
     NotifyConfig,
-    NotifyConfigError,
     SmtpConfig,
     load_notify_config,
 )
@@ -157,7 +157,7 @@ def _write_config(path, text, mode):
 def test_config_file_readable_by_others_is_refused_with_fix(tmp_path):
     token = make_fake_token()
     path = _write_config(tmp_path / "notify.yaml", f'telegram:\n  token: "{token}"\n  chat_id: 4242\n', 0o644)
-    with pytest.raises(NotifyConfigError, match=re.escape(
+    with pytest.raises(ConfigError, match=re.escape(
             f"refusing notify config {path}: mode 0644 lets other users read the bot token; "
             f"fix with: chmod 600 {path}")) as info:
         load_notify_config(config_file=path, env=_clean_env(tmp_path))
@@ -181,19 +181,19 @@ def test_config_file_0600_loads_and_env_overrides_it(tmp_path):
 def test_config_file_owned_by_someone_else_is_refused(tmp_path):
     path = _write_config(tmp_path / "notify.yaml", 'telegram:\n  token: "x"\n  chat_id: 1\n', 0o600)
     os.chown(path, 54321, -1)
-    with pytest.raises(NotifyConfigError, match=r"owned by uid 54321, not you"):
+    with pytest.raises(ConfigError, match=r"owned by uid 54321, not you"):
         load_notify_config(config_file=path, env=_clean_env(tmp_path))
 
 
 def test_config_unknown_key_is_named(tmp_path):
     path = _write_config(tmp_path / "n.yaml", 'telegram:\n  tokn: "x"\n  chat_id: 1\n', 0o600)
-    with pytest.raises(NotifyConfigError, match=r"unknown key\(s\) telegram\.tokn; allowed: telegram\.api_base"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) telegram\.tokn; allowed: telegram\.api_base"):
         load_notify_config(config_file=path, env=_clean_env(tmp_path))
 
 
 def test_nothing_configured_is_none_and_half_configured_is_an_error(tmp_path):
     assert load_notify_config(env=_clean_env(tmp_path)) is None
-    with pytest.raises(NotifyConfigError, match="a Telegram bot token is set but no chat"):
+    with pytest.raises(ConfigError, match="a Telegram bot token is set but no chat"):
         load_notify_config(env=_clean_env(tmp_path, TELEGRAM_BOT_TOKEN=make_fake_token()))
 
 
@@ -205,13 +205,13 @@ def test_command_line_credentials_warn_about_process_lists(tmp_path):
 
 def test_config_values_are_checked_at_construction():
     token = make_fake_token()
-    with pytest.raises(NotifyConfigError, match=r"api_base='http://example.org' is not allowed: plain http only"):
+    with pytest.raises(ConfigError, match=r"api_base='http://example.org' is not allowed: plain http only"):
         NotifyConfig(token=token, chat_id="1", api_base="http://example.org")
-    with pytest.raises(NotifyConfigError, match=r"chat_id='my chat' is not allowed"):
+    with pytest.raises(ConfigError, match=r"chat_id='my chat' is not allowed"):
         NotifyConfig(token=token, chat_id="my chat")
-    with pytest.raises(NotifyConfigError, match=r"smtp.security='tls' is not allowed: use one of starttls, ssl"):
+    with pytest.raises(ConfigError, match=r"smtp.security='tls' is not allowed: use one of starttls, ssl"):
         SmtpConfig(host="h", security="tls", recipients=("a@b",))
-    with pytest.raises(NotifyConfigError, match=r"would send the password in clear"):
+    with pytest.raises(ConfigError, match=r"would send the password in clear"):
         SmtpConfig(host="smtp.example.org", security="none", username="me", password="pw", recipients=("a@b",))
 
 

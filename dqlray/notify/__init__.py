@@ -1,28 +1,18 @@
-"""Telegram notifications that never hurt training (issue 5), one notifier per process (issue 15).
+"""Telegram notifications that never hurt training (issue 5), one notifier per process (issue 15)::
 
-High-level API::
-
-    from dqlray.notify import RunNotifier, get_notifier
     rn = RunNotifier(get_notifier(), experiment="hp_sweep_lr0.001_g0.99")   # a no-op when nothing is configured
     rn.start(agent_type="dqn", episodes=20, data_file="data/test_small.csv")
-    ...
     rn.close(deadline_s=10)
 
-``TelegramTuneCallback`` (imported lazily: it needs Ray) keeps one live dashboard for a Tune sweep on the same
-notifier. Command line: ``dqlray notify test`` and ``dqlray notify relay`` (:func:`dqlray.notify.cli.add_notify_parser`).
+``TelegramTuneCallback`` (imported lazily: it needs Ray) keeps a sweep's live dashboard on the same notifier;
+``dqlray notify test|relay`` is the command line.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dqlray.notify.credentials import (
-    CommandLineSecretWarning,
-    NotifyConfig,
-    NotifyConfigError,
-    SmtpConfig,
-    load_notify_config,
-)
+from dqlray.notify.credentials import CommandLineSecretWarning, NotifyConfig, SmtpConfig, load_notify_config
 from dqlray.notify.redact import redact
 from dqlray.notify.run import RunNotifier, SweepNotifier
 from dqlray.notify.sender import Notifier, get_notifier
@@ -30,10 +20,8 @@ from dqlray.notify.sender import Notifier, get_notifier
 if TYPE_CHECKING:
     from dqlray.notify.tune_callback import TelegramTuneCallback
 
-__all__ = [
-    "CommandLineSecretWarning", "NotifyConfig", "NotifyConfigError", "Notifier", "RunNotifier", "SmtpConfig",
-    "SweepNotifier", "TelegramTuneCallback", "get_notifier", "load_notify_config", "redact",
-]
+__all__ = ["CommandLineSecretWarning", "NotifyConfig", "Notifier", "RunNotifier", "SmtpConfig", "SweepNotifier",
+           "TelegramTuneCallback", "get_notifier", "load_notify_config", "redact"]
 
 
 def __getattr__(name: str) -> Any:

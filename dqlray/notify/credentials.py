@@ -26,9 +26,6 @@ from dqlray.errors import ConfigError
 SMTP_SECURITY = ("starttls", "ssl", "none")
 _CHAT_ID = re.compile(r"^(-?\d{1,20}|@[A-Za-z][A-Za-z0-9_]{3,})$")
 
-NotifyConfigError = ConfigError
-"""A notification setting or config file that cannot be used (the one configuration error class; one line)."""
-
 
 class CommandLineSecretWarning(UserWarning):
     """A secret was passed on the command line, where other users of the machine can read it."""

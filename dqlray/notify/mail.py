@@ -1,8 +1,5 @@
-"""Email fallback over SMTP (STARTTLS, SSL or plain to loopback), for when Telegram cannot be reached.
-
-Named ``mail`` rather than ``email`` so that it never shadows the standard library's ``email`` package.
-Everything that goes into a message (subject, body) is redacted first.
-"""
+"""Email fallback over SMTP (STARTTLS, SSL or plain to loopback), for when Telegram cannot be reached; everything in
+a message is redacted first. (``mail``: ``email`` would shadow the standard library's package.)"""
 
 from __future__ import annotations
 
@@ -24,11 +21,12 @@ class EmailError(Exception):
     """Sending the fallback email failed (message redacted)."""
 
 
-def build_email(cfg: SmtpConfig, text_html: str, *, attachments: Iterable[str] = (),
-                secrets: Iterable[str | None] = ()) -> EmailMessage:
-    """An email with the plain text (its first line the subject), an HTML alternative, and the picture attachments
-    that exist and are small."""
-    body_html = redact(text_html, tuple(secrets))
+def send_email(cfg: SmtpConfig, text_html: str, *, attachments: Iterable[str] = (),
+               secrets: Iterable[str | None] = ()) -> None:
+    """Send one fallback email: the plain text (its first line the subject), an HTML alternative, the pictures that
+    exist and are small; raise :class:`EmailError` (redacted, ``from None``) on any failure."""
+    secrets = (*tuple(secrets), cfg.password or "")
+    body_html = redact(text_html, secrets)
     plain = html_to_plain(body_html)
     msg = EmailMessage()
     msg["Subject"] = next((line.strip() for line in plain.splitlines() if line.strip()), "dqlray notification")[:150]
@@ -44,14 +42,6 @@ def build_email(cfg: SmtpConfig, text_html: str, *, attachments: Iterable[str] =
                                    subtype="png" if path.suffix.lower() == ".png" else "jpeg")
         except OSError:
             continue
-    return msg
-
-
-def send_email(cfg: SmtpConfig, text_html: str, *, attachments: Iterable[str] = (),
-               secrets: Iterable[str | None] = ()) -> None:
-    """Send one fallback email; raise :class:`EmailError` (redacted, ``from None``) on any failure."""
-    secrets = (*tuple(secrets), cfg.password or "")
-    msg = build_email(cfg, text_html, attachments=attachments, secrets=secrets)
     try:
         context = ssl.create_default_context(cafile=cfg.ca_file)  # verification stays on
         smtp: smtplib.SMTP

@@ -1,9 +1,8 @@
-"""The one redaction function for notification secrets.
+"""The one redaction function for notification secrets (``shared/notes/telegram.md``, security checklist).
 
-A Telegram bot token sits in the request path (``/bot<TOKEN>/sendMessage``), so requests/urllib3 exception texts
-(``Max retries exceeded with url: /bot123:ABC.../sendMessage``) and urllib3's DEBUG log lines carry it. Everything
-this package writes (log records, exception texts, spool files, fallback emails, command output) goes through
-:func:`redact` first. ``shared/notes/telegram.md`` (security checklist) is the source of this rule.
+A bot token sits in the request path (``/bot<TOKEN>/sendMessage``), so requests' exception texts and urllib3's DEBUG
+log lines carry it: everything this package writes (logs, exceptions, spool, emails, output) goes through
+:func:`redact` first.
 """
 
 from __future__ import annotations
@@ -27,12 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
-    """Return ``str(text)`` with every bot-token-shaped string and every literal secret replaced by ``<redacted>``.
-
-    ``secrets`` are matched literally (a self-hosted Bot API server may use tokens of another shape, and an SMTP
-    password has no shape at all); empty or very short values are ignored so that redaction cannot mangle ordinary
-    text.
-    """
+    """``str(text)`` with every bot-token-shaped string and every literal secret (a self-hosted server's token, an
+    SMTP password; values under 4 characters are ignored, not to mangle ordinary text) replaced by ``<redacted>``."""
     out = str(text)
     # Longest first, so that a secret containing another one is masked whole.
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
@@ -41,11 +36,8 @@ def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that rewrites each record's message through :func:`redact`.
-
-    The message is rendered once (``msg % args``) and the arguments dropped, so a handler cannot re-render the
-    secret from ``record.args``; exception text is rendered and redacted too.
-    """
+    """A logging filter that renders each record's message (and exception text) once, through :func:`redact`, and
+    drops its arguments, so that a handler cannot re-render the secret from ``record.args``."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         super().__init__()
@@ -67,11 +59,8 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_redaction(secrets: Iterable[str | None] = (), loggers: Iterable[str] = URL_LOGGERS) -> None:
-    """Attach one :class:`RedactingFilter` to each logger in ``loggers`` (idempotent; adds ``secrets`` to it).
-
-    A logger's filters only see records created on that logger, so the filter goes on the loggers that print
-    request URLs (urllib3's) and on this package's own loggers, not on the root logger.
-    """
+    """Attach one :class:`RedactingFilter` to each logger in ``loggers`` (idempotent; adds ``secrets`` to it): a
+    logger's filters see only its own records, so they go on the loggers that print URLs, not on the root logger."""
     for name in loggers:
         logger = logging.getLogger(name)
         existing = next((f for f in logger.filters if isinstance(f, RedactingFilter)), None)
@@ -81,9 +70,8 @@ def install_log_redaction(secrets: Iterable[str | None] = (), loggers: Iterable[
 
 
 def never_raises(method: F) -> F:
-    """The one never-raises rule for notification methods (issue 15): an exception is logged as a redacted warning
-    and the method returns None, because a notification must never hurt training (notify-run#30 crashed a day-long
-    run). The instance's ``secrets`` (if any) are masked literally."""
+    """A notification method that never raises (a notification must never hurt training; notify-run#30 crashed a
+    day-long run): an exception is logged as a warning, redacted with the instance's ``secrets``."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
