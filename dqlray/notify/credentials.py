@@ -1,9 +1,8 @@
 """Notification settings and credentials: frozen, keyword-only sections in the style of :mod:`dqlray.config`.
 
-Precedence: the config file (``$DQLRAY_NOTIFY_CONFIG``, else ``~/.config/dqlray/notify.yaml``; mode 0600 and yours,
-format in ``docs/notifications.md``) < environment variables (:data:`KEYS`) < the guide's ``--telegram_token``/
-``--telegram_chat_id`` flags, accepted with a warning because command lines are visible to other users (``ps``,
-``scontrol show job``). Errors are :class:`~dqlray.errors.ConfigError` naming the field, never showing a secret.
+Precedence: the 0600 config file (``$DQLRAY_NOTIFY_CONFIG`` or ``~/.config/dqlray/notify.yaml``) < environment
+variables (:data:`KEYS`) < the guide's ``--telegram_token``/``--telegram_chat_id`` flags (with a warning: command lines
+are visible to other users). Errors are :class:`~dqlray.errors.ConfigError`, naming the field, never a secret.
 """
 
 from __future__ import annotations

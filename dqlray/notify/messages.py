@@ -243,16 +243,12 @@ def _config(label: str, config: Mapping[str, Any]) -> list[str]:
 
 
 def sweep_start(experiment: str, *, metric: str, mode: str, num_samples: int | None,
-                space_summary: Mapping[str, Any] | str | None, resources: Mapping[str, Any] | str | None,
+                space_summary: Mapping[str, Any] | None, resources: Mapping[str, Any] | None,
                 max_t: int | None = None, context: Mapping[str, Any] | None = None) -> str:
     """🚀 a sweep started: search space, number of samples, budget per trial in episodes, cluster resources."""
-    if isinstance(space_summary, str):
-        space = [f"Search space: {esc(space_summary)}"]
-    else:
-        items = list((space_summary or {}).items())[:16]
-        space = ["Search space:", *(f"• {esc(k)}: {esc(_clip(str(v), 80))}" for k, v in items)] if items else []
-    cluster = resources if isinstance(resources, str) else ", ".join(
-        f"{fmt_num(v)} {k}" for k, v in (resources or {}).items())
+    items = list((space_summary or {}).items())[:16]
+    space = ["Search space:", *(f"• {esc(k)}: {esc(_clip(str(v), 80))}" for k, v in items)] if items else []
+    cluster = ", ".join(f"{fmt_num(v)} {k}" for k, v in (resources or {}).items())
     return _message("🚀", "Sweep started", experiment,
                     f"Trials: {fmt_num(num_samples) if num_samples and num_samples > 0 else 'open-ended'}"
                     f" · metric <code>{esc(metric)}</code> ({esc(mode)})",

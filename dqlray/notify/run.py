@@ -1,8 +1,6 @@
-"""The messages of a training run (:class:`RunNotifier`) and of the sweep driver (:class:`SweepNotifier`).
-
-Each method formats one message and enqueues it on the process's :class:`~dqlray.notify.sender.Notifier`; none
-blocks on the network or raises (:func:`~dqlray.notify.redact.never_raises`). With a no-op notifier (nothing
-configured) every method is a no-op, so callers never need an ``if``.
+"""The messages of a training run (:class:`RunNotifier`) and of the sweep driver (:class:`SweepNotifier`): each
+method enqueues one message on the process's :class:`~dqlray.notify.sender.Notifier`, never blocks or raises, and is
+a no-op when nothing is configured, so callers never need an ``if``.
 """
 
 from __future__ import annotations
@@ -88,14 +86,8 @@ class _BaseNotifier:
 
 
 class RunNotifier(_BaseNotifier):
-    """Notifications for one training run: start, progress (one message edited in place), checkpoints, completion,
-    errors, time limit (also on SIGTERM, when the notifier handles it).
-
-    Args:
-        notifier: the process's notifier (:func:`~dqlray.notify.sender.get_notifier`; ``Notifier()`` is a no-op).
-        experiment: run name shown in every message.
-        progress_interval_s: least time between two progress updates (newer ones replace queued ones).
-    """
+    """Notifications for one training run named ``experiment``: start, progress (one message edited in place, at
+    most every ``progress_interval_s``), checkpoints, completion, errors, time limit (also on SIGTERM)."""
 
     def __init__(self, notifier: Notifier, experiment: str, *, progress_interval_s: float = 30.0) -> None:
         if progress_interval_s < 0:
@@ -143,10 +135,8 @@ class RunNotifier(_BaseNotifier):
 
 
 class SweepNotifier(_BaseNotifier):
-    """Notifications from the sweep driver around ``Tuner.fit()``: the end result and driver errors.
-
-    The live dashboard comes from :class:`~dqlray.notify.tune_callback.TelegramTuneCallback` on the same notifier.
-    """
+    """Notifications from the sweep driver around ``Tuner.fit()``: the end result and driver errors (the live
+    dashboard is :class:`~dqlray.notify.tune_callback.TelegramTuneCallback`'s)."""
 
     error_title = "Sweep failed"
 

@@ -1,10 +1,9 @@
 """The non-blocking notifier: ``notify()`` only enqueues; one background thread talks to Telegram.
 
-Why: a send inline in the training loop stalls or crashes training when Telegram is slow or absent (knockknock,
-notify-run#30), and a blocking send in a Tune callback stalls every trial (ray#35721). One notifier per process
-(:func:`get_notifier`, a no-op when nothing is configured) serves the run, the sweep driver and the Tune callback.
-A rate governor paces calls and holds the chat on 429; after ``breaker_threshold`` failures, or at once when
-no connection can be opened, the circuit opens and critical messages go to email and the spool.
+A send inline in the training loop stalls or crashes training when Telegram is slow or absent (knockknock,
+notify-run#30), and in a Tune callback it stalls every trial (ray#35721). A rate governor paces calls and holds the
+chat on 429; after ``breaker_threshold`` failures, or at once when no connection can be opened, the circuit opens and
+critical messages go to email and the spool.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ STALL_S = 1.5
 
 @dataclass(kw_only=True)
 class Event:
-    """One message to deliver: the arguments of :meth:`Notifier.notify`; ``id`` names its spool file (spooling it
-    twice writes one file)."""
+    """One message to deliver: the arguments of :meth:`Notifier.notify`; ``id`` names its spool file."""
 
     text: str
     critical: bool = False
@@ -85,9 +83,8 @@ class Notifier:
     Args:
         cfg: credentials and limits; ``None`` (nothing configured) makes every method a no-op.
         handle_sigterm: install a SIGTERM handler (main thread only; see :meth:`_on_sigterm`).
-        register_atexit: flush with ``exit_deadline_s`` when the interpreter exits.
-        sigterm_deadline_s: SLURM sends SIGKILL about 30 s (KillWait) after SIGTERM; stay well inside it.
-        exit_deadline_s: flush deadline at interpreter exit.
+        register_atexit: close with ``exit_deadline_s`` when the interpreter exits.
+        sigterm_deadline_s: SLURM sends SIGKILL about 30 s (KillWait) after SIGTERM: stay well inside it.
     """
 
     def __init__(self, cfg: NotifyConfig | None = None, *, handle_sigterm: bool = False, register_atexit: bool = True,
@@ -179,10 +176,9 @@ class Notifier:
             return len(self._queue) + (self._inflight is not None)
 
     def flush(self, deadline_s: float = 10.0) -> bool:
-        """Wait up to ``deadline_s`` for the queue to drain (per-key intervals ignored), but not for a Telegram that
-        does not answer: a call in flight for :data:`STALL_S` (a hanging API: the circuit then opens, so later
-        flushes end at once), or a 429/backoff holding the chat longer than that, ends the wait now. Critical and
-        events still queued or in flight then are spooled. Returns True if everything was handled."""
+        """Wait up to ``deadline_s`` for the queue to drain (per-key intervals ignored), but not for a call in flight
+        for :data:`STALL_S` (a hanging API: the circuit opens, so later flushes end at once) nor for a 429 or backoff
+        longer than that; critical events left are spooled. Returns True if everything was handled."""
         end = time.monotonic() + max(0.0, deadline_s)
         with self._cond:
             self._flushing += 1
@@ -422,21 +418,16 @@ class Notifier:
         os.kill(os.getpid(), signal.SIGTERM)  # exit status 143 for SLURM and the shell, as without us
 
 
-# The one notifier of this process (issue 15). Deliberately process-wide, against the no-global-state rule: a process
-# has one SIGTERM handler and one exit, and the Tune callback unpickled by ``Tuner.restore`` must find the notifier
-# the sweep driver made (with the guide's command-line credentials) instead of reading credentials on its own.
+# Deliberately process-wide, against the no-global-state rule (issue 15): a process has one SIGTERM handler and one
+# exit, and a Tune callback unpickled by ``Tuner.restore`` must find the notifier the sweep driver made.
 _process: dict[str, Notifier] = {}
 
 
 def get_notifier(*, token: str | None = None, chat_id: str | int | None = None,
                  config_file: str | os.PathLike[str] | None = None) -> Notifier:
-    """This process's notifier, shared by the run, the sweep driver and the Tune callback.
-
-    Made on first use (and after :meth:`Notifier.close`) from :func:`~dqlray.notify.credentials.load_notify_config`
-    with these arguments (the guide's ``--telegram_token``/``--telegram_chat_id``; else the environment or the 0600
-    config file), with the SIGTERM handler; a no-op one when nothing is configured. Later calls return it and ignore
-    the arguments. Raises :class:`~dqlray.errors.ConfigError` for settings that cannot be used.
-    """
+    """This process's notifier, shared by the run, the sweep driver and the Tune callback: made on first use (and
+    after :meth:`Notifier.close`) by :func:`~dqlray.notify.credentials.load_notify_config` with these arguments, with
+    the SIGTERM handler; a no-op one when nothing is configured. Later calls ignore the arguments."""
     current = _process.get("notifier")
     if current is None or current.closed:
         current = _process["notifier"] = Notifier(load_notify_config(token, chat_id, config_file),

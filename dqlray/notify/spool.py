@@ -1,9 +1,8 @@
 """On-disk spool for messages that could not reach Telegram (compute nodes often have no internet).
 
-One JSON file per message, ``<created_ns>-<event id>.json`` (spooling an event twice writes one file), with copies of
-its pictures beside it, so that the relay can run elsewhere and later (issue 13 item 5); 0600 files in a 0700 folder
-whatever the umask (item 6), written atomically, contents redacted. ``dqlray notify relay`` claims a file by an atomic
-rename to ``.sending`` (two relays never send the same file), deletes it after delivery, renames it back on failure.
+One JSON file per message, ``<created_ns>-<event id>.json``, with copies of its pictures, so the relay can run
+elsewhere and later (issue 13 item 5); 0600 files in a 0700 folder whatever the umask (item 6), atomic, redacted. The
+relay claims a file by renaming it to ``.sending`` (two relays never send one file), and deletes it once delivered.
 """
 
 from __future__ import annotations

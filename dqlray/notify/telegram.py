@@ -1,10 +1,9 @@
 """Raw Telegram Bot API over ``requests``: sendMessage, editMessageText, sendPhoto, getMe.
 
-Why raw HTTP: wrappers around python-telegram-bot broke silently when it went async in v20 (knockknock#84). Rules
-(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verification on; HTML texts from
-:mod:`~dqlray.notify.messages` (one text is one message); ``message is not modified`` is a success; ``can't parse
-entities`` is retried once as plain text; transport errors are re-raised ``from None`` and redacted, because
-requests' messages contain the URL and so the token.
+Raw HTTP because wrappers of python-telegram-bot broke silently when it went async in v20 (knockknock#84). Rules
+(``shared/notes/telegram.md``): a (connect, read) timeout on every call, TLS verified; ``message is not modified`` is
+a success; ``can't parse entities`` is retried once as plain text; transport errors are redacted and re-raised
+``from None`` (requests' messages contain the URL, and so the token).
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ class TelegramError(Exception):
 
 
 class TelegramApiError(TelegramError):
-    """Telegram answered ``ok: false``: ``error_code`` (HTTP-like: 400, 401, 403, 429, 5xx) and what it means: the
-    HTML did not parse, an edit changed nothing (a success), the chat is wrong, the message to edit was deleted, the
-    token was rejected (401, or 404 for a malformed token), or a server error worth retrying later."""
+    """Telegram answered ``ok: false``: ``error_code`` (HTTP-like) and, as flags, what it means (a 404 is a malformed
+    token)."""
 
     def __init__(self, method: str, description: str, error_code: int | None, retry_after: float | None = None):
         super().__init__(method, f"{error_code} {description}")
@@ -54,11 +52,8 @@ class TelegramRetryAfter(TelegramApiError):
 
 
 class TelegramTransportError(TelegramError):
-    """No answer from the API (connection refused, DNS failure, timeout, TLS error).
-
-    ``unreachable`` is true when no connection could be made at all (compute nodes without internet): retrying soon
-    will not help, so the sender falls back at once.
-    """
+    """No answer from the API; ``unreachable`` when no connection could be made at all (compute nodes without
+    internet: the sender falls back at once)."""
 
     def __init__(self, method: str, description: str, unreachable: bool) -> None:
         super().__init__(method, description)

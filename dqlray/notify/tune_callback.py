@@ -1,12 +1,10 @@
 """A Ray Tune callback that keeps one live Telegram dashboard for a sweep, counting configurations.
 
-Tune calls callbacks inside the driver's event loop, so a blocking send would stall every trial (ray#35721): every
-hook only updates counters and enqueues on the process's notifier, and never raises. Tune pickles callbacks
-(``tuner.pkl``) and restores their ``get_state()`` on ``Tuner.restore``: the notifier (and so the token) is never
-pickled; a restored callback uses the process's notifier (:func:`~dqlray.notify.sender.get_notifier`, made by the
-sweep driver with its credentials), and the saved state makes the resumed sweep edit the same dashboard and resend
-nothing. Progress is in episodes (what trials report and ASHA schedules on). A packed trial (issue 14) counts as its
-configurations, each with its part of the pack's result (``members``).
+Tune calls callbacks inside the driver's event loop, so a blocking send would stall every trial (ray#35721): hooks
+only count and enqueue, and never raise. Tune pickles callbacks: the notifier (and so the token) is never pickled; a
+restored callback uses the process's notifier (:func:`~dqlray.notify.sender.get_notifier`) and its saved state, so a
+resumed sweep edits the same dashboard and resends nothing. Progress is in episodes; a packed trial (issue 14)
+counts as its configurations, each with its part of the pack's result (``members``).
 """
 
 from __future__ import annotations
@@ -70,8 +68,7 @@ class TelegramTuneCallback(Callback):
         num_samples: number of configurations (else Tune's ``total_num_samples`` from ``setup``).
         space_summary: ``{name: description}`` of the search space for the start message (not raw config).
         max_t: ASHA's budget in episodes; a trial that completes below it was stopped early by ASHA.
-        edit_interval_s: least time between two dashboard edits (Telegram: about 1 message/s per chat, 20/min to
-            groups; 30 s keeps a 27-trial sweep far below that).
+        edit_interval_s: least time between two dashboard edits (30 s: far below Telegram's 20/min to groups).
         error_digest_s: errored trials within this window after the first one are reported in one message.
         top_k: trials listed in the dashboard.
         resources: cluster resources for the start message; default ``ray.cluster_resources()``.
@@ -81,9 +78,9 @@ class TelegramTuneCallback(Callback):
 
     def __init__(self, *, experiment: str, notifier: Notifier | None = None, metric: str = "val_sharpe",
                  mode: str = "max", num_samples: int | None = None,
-                 space_summary: Mapping[str, Any] | str | None = None, max_t: int | None = None,
+                 space_summary: Mapping[str, Any] | None = None, max_t: int | None = None,
                  edit_interval_s: float = 30.0, error_digest_s: float = 60.0, top_k: int = 5,
-                 resources: Mapping[str, Any] | str | None = None, end_flush_s: float = 10.0,
+                 resources: Mapping[str, Any] | None = None, end_flush_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not experiment:
             raise ValueError(f"experiment={experiment!r} is not allowed: give a non-empty name")
@@ -97,10 +94,10 @@ class TelegramTuneCallback(Callback):
         if max_t is not None and max_t <= 0:
             raise ValueError(f"max_t={max_t!r} is not allowed: use a positive budget in episodes or None")
         self.experiment, self.metric, self.mode, self.num_samples = experiment, metric, mode, num_samples
-        self.space_summary = dict(space_summary) if isinstance(space_summary, Mapping) else space_summary
+        self.space_summary = dict(space_summary) if space_summary else None
         self.max_t, self.top_k = max_t, top_k
         self.edit_interval_s, self.error_digest_s = float(edit_interval_s), float(error_digest_s)
-        self.resources = dict(resources) if isinstance(resources, Mapping) else resources
+        self.resources = dict(resources) if resources is not None else None
         self.end_flush_s = float(end_flush_s)
         self._notifier, self._burst_started, self._last_dashboard = notifier, None, None
         self._clock = clock
@@ -199,8 +196,7 @@ class TelegramTuneCallback(Callback):
         """Record the latest metrics of the trial's configurations; edit the dashboard if ``edit_interval_s`` has
         passed."""
         for _, entry, part in self._configs(trial, result):
-            if part is not None:
-                self._record(entry, part, "running")
+            self._record(entry, part, "running")
         self._tick(dirty=True)
 
     @never_raises
@@ -208,8 +204,7 @@ class TelegramTuneCallback(Callback):
         """Count the trial's configurations as finished, or as stopped by ASHA when they ended below ``max_t``
         episodes (a pack's result says how each one ended)."""
         for _, entry, part in self._configs(trial, getattr(trial, "last_result", None) or {}):
-            if part is not None:
-                self._record(entry, part, entry["status"])
+            self._record(entry, part, entry["status"])
             if entry["status"] in ("pending", "running"):
                 episodes = entry.get("episodes")
                 entry["status"] = "stopped" if self.max_t and episodes is not None and episodes < self.max_t \
@@ -224,8 +219,7 @@ class TelegramTuneCallback(Callback):
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         error = redact((lines[-1] if lines else "error (no message)")[:500], secrets)
         for key, entry, part in self._configs(trial, getattr(trial, "last_result", None) or {}):
-            if part is not None:
-                self._record(entry, part, entry["status"])
+            self._record(entry, part, entry["status"])
             if entry["status"] in ("finished", "stopped") and key != str(trial.trial_id):
                 continue  # it had left its pack before the pack failed
             entry["status"], entry["error"] = "errored", error
@@ -275,8 +269,10 @@ class TelegramTuneCallback(Callback):
                                  "metric": None, "std": None, "val_return": None, "episodes": None}
         return self.trials[key]
 
-    def _record(self, entry: dict[str, Any], result: Mapping[str, Any], status: str) -> None:
-        """Take the metrics of ``result``; the status is a pack member's own, else ``status``."""
+    def _record(self, entry: dict[str, Any], result: Mapping[str, Any] | None, status: str) -> None:
+        """Take the metrics of ``result`` (None: nothing to take); the status is a pack member's own, else ``status``."""
+        if result is None:
+            return
         for name, key in (("metric", self.metric), ("std", f"{self.metric}_std"), ("val_return", "val_return"),
                           ("episodes", "episodes")):
             value = finite_or_none(result.get(key))
@@ -346,7 +342,6 @@ def _cluster_resources() -> dict[str, Any] | None:
         if not ray.is_initialized():
             return None
         res = ray.cluster_resources()
-        out: dict[str, Any] = {"nodes": sum(1 for n in ray.nodes() if n.get("Alive"))}
-        return out | {key: res[key] for key in ("CPU", "GPU") if res.get(key)}
+        return {"nodes": sum(1 for n in ray.nodes() if n.get("Alive")), **{k: res[k] for k in ("CPU", "GPU") if res.get(k)}}
     except Exception:
         return None
