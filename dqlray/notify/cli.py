@@ -65,17 +65,17 @@ def _unreachable_msg(cfg: NotifyConfig, exc: TelegramTransportError) -> str:
 def _paced(cfg: NotifyConfig, client: TelegramClient, max_wait_s: float) -> Callable[..., Any]:
     """``send("send_message", text, ...)``: a call to the configured chat, paced by the sender's
     :class:`~dqlray.notify.sender.RateGovernor`; a 429 holds the chat there, as in the sender, and is waited out
-    when it asks for at most ``max_wait_s``."""
+    (three times at most) when it asks for at most ``max_wait_s``."""
     governor = RateGovernor(cfg.min_interval_s, cfg.group_per_minute if cfg.is_group else None)
 
     def send(method: str, *a: Any, **kw: Any) -> Any:
-        while True:
+        for retries_left in (3, 2, 1, 0):
             time.sleep(max(0.0, governor.next_allowed() - time.monotonic()))
             governor.record()
             try:
                 return getattr(client, method)(cfg.chat_id, *a, thread_id=cfg.message_thread_id, **kw)
             except TelegramRetryAfter as exc:
-                if (wait := exc.retry_after or 1.0) > max_wait_s:
+                if not retries_left or (wait := exc.retry_after or 1.0) > max_wait_s:
                     raise
                 governor.block(wait)
 
