@@ -195,11 +195,9 @@ class Notifier:
                 # Still in flight now (a hanging server) is spooled too: if it lands later, the user sees it twice
                 # rather than never.
                 leftover = self._queue + ([self._inflight] if self._inflight else [])
-                for ev in leftover:
-                    if ev.critical:
-                        if ev in self._queue:
-                            self._queue.remove(ev)
-                        self._spool_event(ev)
+                for ev in filter(lambda ev: ev.critical, leftover):
+                    self._spool_event(ev)
+                self._queue = [ev for ev in self._queue if not ev.critical]
                 return not leftover
             finally:
                 self._flushing -= 1

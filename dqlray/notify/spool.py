@@ -42,8 +42,7 @@ class Spool:
         self._secrets = tuple(s for s in secrets if s)
 
     def ensure_dir(self) -> Path:
-        """Create the directory and missing parents 0700 whatever the umask (as the XDG spec asks); tighten it to
-        0700 if it is ours but looser; refuse it if it is not ours."""
+        """Create the directory and missing parents 0700 whatever the umask (XDG); tighten it if ours, else refuse."""
         for d in [*reversed(self.directory.parents), self.directory]:
             if not d.exists():
                 d.mkdir(mode=0o700, exist_ok=True)
