@@ -1,11 +1,6 @@
-"""Telegram notifications that never hurt training (issue 5), one notifier per process (issue 15)::
-
-    rn = RunNotifier(get_notifier(), experiment="hp_sweep_lr0.001_g0.99")   # a no-op when nothing is configured
-    rn.start(agent_type="dqn", episodes=20, data_file="data/test_small.csv")
-    rn.close(deadline_s=10)
-
-``TelegramTuneCallback`` (imported lazily: it needs Ray) keeps a sweep's live dashboard on the same notifier;
-``dqlray notify test|relay`` is the command line.
+"""Telegram notifications that never hurt training (issue 5), one notifier per process (issue 15): for example
+``RunNotifier(get_notifier(), experiment="x").start(...)``, a no-op when nothing is configured.
+``TelegramTuneCallback`` (lazy: it needs Ray) keeps a sweep's dashboard; ``dqlray notify test|relay`` is the CLI.
 """
 
 from __future__ import annotations
