@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from dqlray.config import EnvConfig
 from dqlray.data import load_ohlcv
 from dqlray.env import TradingEnv
 from dqlray.market import Market
@@ -27,7 +28,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     market = Market.build(load_ohlcv(args.data))
-    venv = VecTradingEnv(market, args.n_envs, random_start=True, episode_length=256)
+    venv = VecTradingEnv(market, args.n_envs, env=EnvConfig(random_start=True, episode_length=256))
     venv.reset()
     actions = np.random.default_rng(0).integers(0, 2, size=(512, args.n_envs))
     steps, t0 = 0, time.perf_counter()

@@ -10,7 +10,7 @@ laid out the same way everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -111,10 +111,9 @@ def make_env(market: Market, env: EnvConfig, n_envs: int, *, part: str = "train"
     Training environments use the config's episode length, random starts and ruin; evaluation environments
     (``training=False``) trade the whole part once from a flat start, with no ruin stop.
     """
-    kw = {"episode_length": env.episode_length, "random_start": env.random_start,
-          "ruin_fraction": env.ruin_fraction} if training else {"ruin_fraction": 0.0}
-    return VecTradingEnv(market, n_envs, part=part, positions=env.positions, fee_bps=env.fee_bps,
-                         slippage_bps=env.slippage_bps, seeds=None if seeds is None else list(seeds), **kw)
+    if not training:
+        env = replace(env, episode_length=None, random_start=False, ruin_fraction=0.0)
+    return VecTradingEnv(market, n_envs, part=part, env=env, seeds=None if seeds is None else list(seeds))
 
 
 def make_learner(config: ExperimentConfig, market: Market, streams: SeedStreams | None = None) -> DQNLearner:

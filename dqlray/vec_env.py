@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dqlray.config import EnvConfig
 from dqlray.env import apply_positions, position_values, start_and_end
 from dqlray.market import Market
 
@@ -30,36 +31,27 @@ class VecStep(NamedTuple):
 class VecTradingEnv:
     """``n_envs`` independent trading environments on one :class:`Market` part."""
 
-    def __init__(
-        self,
-        market: Market,
-        n_envs: int,
-        *,
-        part: str = "train",
-        positions: str = "long_flat",
-        fee_bps: float = 1.0,
-        slippage_bps: float = 1.0,
-        episode_length: int | None = None,
-        random_start: bool = False,
-        ruin_fraction: float = 0.1,
-        initial_value: float = 1.0,
-        seeds: list[int] | None = None,
-    ) -> None:
+    def __init__(self, market: Market, n_envs: int, *, part: str = "train", env: EnvConfig | None = None,
+                 seeds: list[int] | None = None) -> None:
+        """``env`` (default :class:`~dqlray.config.EnvConfig`'s defaults) sets positions, costs, episode length,
+        random starts and ruin; a portfolio starts at value 1."""
+        ec = env or EnvConfig()
         if n_envs < 1:
             raise ValueError(f"n_envs={n_envs} must be >= 1")
         self.market = market
         self.n_envs = n_envs
         self.start, self.stop = market.part(part)
+        episode_length = ec.episode_length
         if episode_length is not None and not 1 <= episode_length <= self.stop - self.start - 1:
             raise ValueError(f"episode_length={episode_length} must be in [1, {self.stop - self.start - 1}]")
-        self.pos_values = position_values(positions)
+        self.pos_values = position_values(ec.positions)
         self.flat_action = int(np.argmin(np.abs(self.pos_values)))
         self.n_actions = len(self.pos_values)
-        self.cost_rate = (fee_bps + slippage_bps) * 1e-4
+        self.cost_rate = ec.cost_rate
         self.episode_length = episode_length
-        self.random_start = random_start
-        self.ruin_value = ruin_fraction * initial_value
-        self.initial_value = initial_value
+        self.random_start = ec.random_start
+        self.initial_value = 1.0
+        self.ruin_value = ec.ruin_fraction * self.initial_value
         seeds = list(range(n_envs)) if seeds is None else list(seeds)
         if len(seeds) != n_envs:
             raise ValueError(f"{len(seeds)} seeds for {n_envs} environments")
@@ -67,7 +59,7 @@ class VecTradingEnv:
         self.t = np.zeros(n_envs, dtype=np.int64)
         self.end = np.zeros(n_envs, dtype=np.int64)
         self.pos = np.zeros(n_envs, dtype=np.float64)
-        self.value = np.full(n_envs, initial_value, dtype=np.float64)
+        self.value = np.full(n_envs, self.initial_value, dtype=np.float64)
         self.ep_return = np.zeros(n_envs, dtype=np.float64)
         self._obs = np.empty((n_envs, market.obs_dim), dtype=np.float32)
         self._no_returns = np.full(n_envs, np.nan)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from dqlray.config import EnvConfig
 from dqlray.data import OHLCV, Split, synth_market
 from dqlray.env import ENV_ID, TradingEnv
 from dqlray.features import compute_features
@@ -126,7 +127,7 @@ def test_single_and_vectorised_envs_agree(random_start, episode_length, position
     kw = dict(positions=positions, fee_bps=2.0, slippage_bps=1.0, episode_length=episode_length,
               random_start=random_start)
     single = TradingEnv(market, **kw)
-    vec = VecTradingEnv(market, 1, seeds=[123], **kw)
+    vec = VecTradingEnv(market, 1, seeds=[123], env=EnvConfig(**kw))
     obs_s, _ = single.reset(seed=123)
     obs_v = vec.reset().copy()
     rng = np.random.default_rng(0)
@@ -147,8 +148,9 @@ def test_single_and_vectorised_envs_agree(random_start, episode_length, position
 
 def test_vectorised_env_seeds_are_independent():
     market = Market.build(synth_market(800, seed=9))
-    a = VecTradingEnv(market, 3, seeds=[1, 2, 3], random_start=True, episode_length=30)
-    b = VecTradingEnv(market, 1, seeds=[2], random_start=True, episode_length=30)
+    ec = EnvConfig(random_start=True, episode_length=30)
+    a = VecTradingEnv(market, 3, seeds=[1, 2, 3], env=ec)
+    b = VecTradingEnv(market, 1, seeds=[2], env=ec)
     a.reset()
     b.reset()
     for _ in range(200):
