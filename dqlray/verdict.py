@@ -534,7 +534,7 @@ def _statement(subject: str, beats: bool, bench: str, check: BenchmarkCheck, p_r
     lo, hi = check.ci
     where = f"{bars} test bars" if folds == 1 else f"{bars} test bars of {folds} walk-forward folds"
     figures = (f"information ratio {check.info_ratio:+.2f} ({check.ci_level:.0%} CI {lo:+.2f} to {hi:+.2f}) over "
-               f"{where} and {seeds} seed{'s' if seeds != 1 else ''}; p = {check.p_value:.3f} against "
+               f"{where} and {f'{seeds} seeds' if seeds > 1 else 'one policy'}; p = {check.p_value:.3f} against "
                f"{bench} and p = {p_random:.3f} against random timing with the same exposure and trades")
     if beats:
         text = f"{subject} beats {bench} out of sample: {figures}"
@@ -542,7 +542,7 @@ def _statement(subject: str, beats: bool, bench: str, check: BenchmarkCheck, p_r
         text = f"{subject} does not beat {bench}: {figures} (both must be at most {level:g})"
     if dsr is not None and dsr["dsr"] < DSR_WARN:
         text += (f"; warning: the deflated Sharpe of its validation information ratio is {dsr['dsr']:.2f} "
-                 f"(below {DSR_WARN}) as the best of {dsr['n_trials']} trials")
+                 f"(below {DSR_WARN}) as the best of {dsr['n_trials']} candidates tried")
     if pbo is not None and pbo.pbo >= PBO_WARN:
         text += f"; warning: the probability of backtest overfitting is {pbo.pbo:.2f} (at least {PBO_WARN})"
     for note in notes:

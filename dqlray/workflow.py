@@ -169,13 +169,13 @@ def save_curves(run_dir: Path, results: dict[str, EvalResult], part: str) -> Non
 
 def format_metrics_table(evaluation: dict[str, Any]) -> str:
     """The "Final Metrics" block: agent mean ± spread over seeds next to every baseline."""
-    label = "agent (ensemble)" if evaluation.get("policy") == "ensemble" else "agent (mean±sd)"
-    rows = [(label, {k: v for k, v in evaluation["agent"]["summary"].items()})]
+    one = evaluation.get("policy") == "ensemble"  # one policy: no spread over seeds to show
+    summ = evaluation["agent"]["summary"]
     header = f"{'policy':<22}" + "".join(f"{k:>14}" for k in HEADLINE)
     lines = [header, "-" * len(header)]
-    for name, summ in rows:
-        cells = "".join(f"{_fmt(summ[k]['mean'], k) + '±' + _fmt(summ[k]['std'], k, short=True):>14}" for k in HEADLINE)
-        lines.append(f"{name:<22}{cells}")
+    cells = "".join(f"{_fmt(summ[k]['mean'], k) + ('' if one else '±' + _fmt(summ[k]['std'], k, short=True)):>14}"
+                    for k in HEADLINE)
+    lines.append(f"{'agent (ensemble)' if one else 'agent (mean±sd)':<22}{cells}")
     for name, m in evaluation["baselines"].items():
         lines.append(f"{name:<22}" + "".join(f"{_fmt(m[k], k):>14}" for k in HEADLINE))
     return "\n".join(lines)

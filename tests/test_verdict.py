@@ -249,6 +249,7 @@ def test_a_planted_edge_beats_buy_and_hold():
     assert v.info_ratio_ci[0] > 0 and v.info_ratio > 1.0
     assert v.statement.startswith("The agent beats buy-and-hold out of sample: information ratio +")
     assert "warning" not in v.statement
+    assert "test bars and one policy;" in v.statement  # one seed, or one ensemble: never "1 seed(s)"
 
 
 def test_same_seed_same_verdict_and_json():
@@ -282,6 +283,7 @@ def test_sweep_verdict_deflates_on_validation_and_warns():
     assert v.dsr_active is not None and v.dsr_active < 0.95 and v.pbo is not None and v.pbo_splits == 12870
     assert v.statement.startswith("The tuned agent does not beat buy-and-hold:")
     assert "warning: the deflated Sharpe of its validation information ratio" in v.statement
+    assert "as the best of 12 candidates tried" in v.statement and "test bars and 2 seeds;" in v.statement
     # Counting more choices (checkpoints) raises the bar the winner must clear.
     more = V.deflated_active(val - val_bench[:, None, None], winner, 100)
     assert more["sr0"] > v.expected_max_info_ratio and more["dsr"] < v.dsr_active
