@@ -171,6 +171,29 @@ def test_validation_matrix_contract(tmp_path):
         validation_matrix(tmp_path, ["e"])
 
 
+def test_search_record_aligns_the_benchmark_and_finds_the_winner(tmp_path):
+    from dqlray.baselines import make_baselines
+    from dqlray.tuning.validation import search_record
+
+    cfg = ExperimentConfig()
+    market = build_market(cfg, synth_market(1500, seed=2))
+    a, b = market.part("val")
+    times = np.asarray(market.data.time[a:b], dtype="datetime64[ns]")
+    rng = np.random.default_rng(1)
+    t = b - a - 1
+    full, late = rng.normal(0, 0.01, (2, t)), rng.normal(0, 0.01, (2, t - 3))
+    _val_file(tmp_path, "c0000", full, times)
+    _val_file(tmp_path, "c0001", late, times[3:])  # its validation starts 3 bars later
+    rec = search_record(tmp_path, ["c0000", "c0001", "c0002"], "c0001", market, cfg, n_trials=7)
+    assert rec.winner == 1 and rec.n_trials == 7 and rec.val_returns.shape == (t - 3, 2, 2)
+    assert np.allclose(rec.val_returns[:, 1, :], late.T) and np.allclose(rec.val_returns[:, 0, :], full[:, 3:].T)
+    bench = evaluate_policy(make_baselines(market, cfg.env, seed=cfg.train.seed)["buy_and_hold"], market, part="val",
+                            env=cfg.env)
+    assert np.allclose(rec.val_benchmark_returns, bench.returns[0][3:])  # the benchmark on the same bars
+    assert search_record(tmp_path, ["c0000", "c0001"], "c0001", market, cfg).n_trials == 2
+    assert search_record(tmp_path, ["c0000", "c0002"], "c0002", market, cfg) is None  # no returns kept: no check 3
+
+
 # ------------------------------------------------------------------------------------------------ folds, stitching
 
 

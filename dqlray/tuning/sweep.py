@@ -31,6 +31,7 @@ import yaml
 from dqlray.cli import EXIT_RESUMABLE
 from dqlray.data import OHLCV, data_hash, load_ohlcv
 from dqlray.errors import DqlrayError
+from dqlray.formatting import fmt
 from dqlray.lock import hold_folder
 from dqlray.metrics import deflated_sharpe, finite_or_none
 from dqlray.notify import SweepNotifier, get_notifier
@@ -287,20 +288,24 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     best_row = df[df["config_id"] == best_id].iloc[0]
     cfg = trial_config(sf.base, params)
     market = build_market(cfg, data)
+    tried = df[df[metric].notna()]
+    # Every checkpoint the selection could choose among counts: one per configuration, or with train.select every
+    # validation evaluation of every configuration (issue 12). The spread of unskilled Sharpe ratios comes from the
+    # configurations' validation Sharpe (the evaluations are values of the ranking metric, perhaps not a Sharpe).
+    sharpes = tried["val_sharpe"].to_numpy(dtype=float)
+    sharpes = sharpes[np.isfinite(sharpes)]
+    n_candidates = len(tried)
+    if sf.base.train.select != "last":
+        n_candidates = max(n_candidates, sum(1 for rec in read_members(exp).values()
+                                             for v in rec.get("evaluations") or [] if v is not None and np.isfinite(v)))
+    # The search check reads validation returns only: computed before the test split is touched, so a failure
+    # here leaves the test split untouched for a rerun.
+    search = search_record(exp, [str(c) for c in tried["config_id"]], best_id, market, cfg, n_candidates)
     learner = learner_from_checkpoint(cfg, market, ckpt)
     evaluation, curves = evaluate_all(learner, market, cfg, "test")
     save_curves(exp, curves, "test")
-    tried = df[df[metric].notna()]
-    # Every checkpoint the selection could choose among counts: one per configuration, or with train.select
-    # every validation evaluation of every configuration (issue 12).
-    candidates = tried["val_sharpe"].to_numpy(dtype=float)
-    if sf.base.train.select != "last":
-        values = [v for rec in read_members(exp).values() for v in rec.get("evaluations") or []
-                  if v is not None and np.isfinite(v)]
-        candidates = np.asarray(values, dtype=float) if values else candidates
-    search = search_record(exp, [str(c) for c in tried["config_id"]], best_id, market, cfg, len(candidates))
     verdict = record_test_verdict(exp, curves, market, cfg, search)
-    dsr = deflated_sharpe_of_winner(curves["agent"].returns, candidates, cfg.train.periods_per_year)
+    dsr = deflated_sharpe_of_winner(curves["agent"].returns, sharpes, cfg.train.periods_per_year, n_candidates)
     best_cfg = cfg.replace({"train": {"experiment_name": f"{run.experiment_name}_best", "keep_checkpoints": 3}})
     atomic_write_text(exp / "best_config.yaml",
                       f"# Best of {len(tried)} configurations of sweep {run.experiment_name} ({best_id}), by "
@@ -312,7 +317,7 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         "search": sf.sweep.search,
         "metric": metric,
         "n_trials": int(len(tried)),
-        "n_candidates": int(len(candidates)),
+        "n_candidates": int(n_candidates),
         "n_packs": int(df["pack_id"].nunique()),
         "n_stopped_by_asha": int(df["stopped_by_asha"].sum()),
         "n_diverged": int(df["diverged"].sum()),
@@ -332,7 +337,7 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
         "versions": package_versions(),
     }
     write_json(summary_path, summary)
-    out(f"\nBest configuration {best_id} (validation {metric} {summary['best_val']['val_sharpe']:.3f}); "
+    out(f"\nBest configuration {best_id} (validation {metric} {fmt(best_row[metric], 'float3')}); "
         f"test split, evaluated once, costs {evaluation['costs_bps']:.1f} bps:")
     out(format_metrics_table(evaluation))
     out("")
@@ -341,22 +346,24 @@ def finish_sweep(run: SweepRun, data: OHLCV, out: Any = print) -> dict[str, Any]
     if search is None:
         out("  (no validation returns of the configurations were kept: check 3, the deflated Sharpe of the validation "
             "information ratio and the PBO, is left out)")
-    among = (f"{dsr['n_trials']} configurations" if len(candidates) == len(tried) else
+    among = (f"{dsr['n_trials']} configurations" if n_candidates == len(tried) else
              f"{dsr['n_trials']} checkpoints ({len(tried)} configurations, every validation evaluation)")
     out(f"Detail, not the verdict: {zero_null_dsr_text(dsr, among)}")
     out(f"Best config: {exp / 'best_config.yaml'}")
     return summary
 
 
-def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarray, periods: int) -> dict[str, Any]:
+def deflated_sharpe_of_winner(seed_returns: np.ndarray, trial_sharpes: np.ndarray, periods: int,
+                              n_trials: int | None = None) -> dict[str, Any]:
     """The Deflated Sharpe Ratio of the winner, per seed, on the statistic the trials were ranked by.
 
     Trials were ranked by the mean over seeds of per-seed Sharpe ratios, so each of the winner's seeds is deflated
     on its own test returns (not the returns of an equal-weight blend of seeds, a different and diversified
     strategy) against the best that ``len(trial_sharpes)`` unskilled trials would reach, whose spread is the trials'
-    validation Sharpe spread. ``dsr`` is the mean over seeds, ``dsr_min`` the weakest seed.
+    validation Sharpe spread. ``n_trials`` (default ``len(trial_sharpes)``) counts every candidate the selection chose
+    among (checkpoints too, with ``train.select``). ``dsr`` is the mean over seeds, ``dsr_min`` the weakest seed.
     """
-    per_seed = [deflated_sharpe(r, trial_sharpes, periods=periods) for r in seed_returns]
+    per_seed = [deflated_sharpe(r, trial_sharpes, periods=periods, n_trials=n_trials) for r in seed_returns]
     return {
         "null": "a Sharpe ratio of zero, not the benchmark: a detail, not the verdict (issue 11)",
         "dsr": float(np.mean([d["dsr"] for d in per_seed])),

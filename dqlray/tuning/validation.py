@@ -118,6 +118,6 @@ def search_record(exp_dir: str | Path, config_ids: Sequence[str], winner: str, m
     if len(bench_returns) != vm.returns.shape[0]:
         raise DqlrayError(f"{exp_dir}: the configurations' validation returns have {vm.returns.shape[0]} bars, "
                           f"the winner's validation part {len(bench_returns)}")
-    n = max(len(config_ids), len(vm.config_ids)) if n_trials is None else n_trials
+    n = len(config_ids) if n_trials is None else n_trials
     return SearchRecord(val_returns=vm.returns, val_benchmark_returns=bench_returns,
                         winner=vm.config_ids.index(str(winner)), n_trials=n)
