@@ -216,6 +216,7 @@ def test_a_packed_configuration_equals_its_run_alone(tmp_path, ensemble):
     # was the one evaluated on test
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["n_candidates"] == 9 and summary["deflated_sharpe"]["n_trials"] == 9
+    assert summary["verdict"]["n_trials"] == 9  # the verdict's search check counts them too
     assert summary["selected_episode"] == recs[summary["best_trial"]]["selected_episode"]
     assert "best of 9 checkpoints (3 configurations" in proc.stdout
     assert summary["test"]["policy"] == ("ensemble" if ensemble else "seeds")
@@ -324,3 +325,15 @@ def test_sigusr1_saves_state_exits_75_and_resumes_with_its_own_settings(tmp_path
     meta = json.loads((exp / "sweep_meta.json").read_text())
     assert meta["base_config"] == meta_before["base_config"] and meta["sweep"]["search"] == "grid"
     assert meta["sweep"]["pack"] == 2 and meta["resumed"][-1]["max_concurrent"] == 2
+
+
+def test_asha_rungs_must_fall_on_evaluations(tmp_path):
+    from dqlray.errors import ConfigError
+    from dqlray.tuning.space import parse_sweep_file
+
+    # rungs at 1, 2, 4 episodes (grace 1, factor 2, 6 episodes): an evaluation every 2 episodes would let rung 1 pass
+    # unjudged, since ASHA decides a rung on the value measured there
+    with pytest.raises(ConfigError, match=r"train.eval_every=2 does not evaluate at ASHA's rung episode\(s\) 1: "):
+        parse_sweep_file(write_sweep(tmp_path, train={"eval_every": 2}))
+    assert parse_sweep_file(write_sweep(tmp_path, train={"eval_every": 2}, grace_period=2)).base.train.eval_every == 2
+    assert parse_sweep_file(write_sweep(tmp_path, train={"eval_every": 2}, scheduler="none")).sweep.scheduler == "none"

@@ -159,6 +159,16 @@ def parse_sweep_file(path: str | Path, overrides: dict[str, dict[str, Any]] | No
     for key, values in grid.items():
         for v in values:
             base.replace(flat_to_nested({key: v}), source=f"{src}: grid.{key}")
+    if sweep.scheduler == "asha":
+        # ASHA decides a rung on the validation value measured there; a rung between evaluations would pass unjudged
+        from dqlray.tuning.rungs import milestones
+
+        every = base.train.eval_every
+        off = [m for m in milestones(sweep.grace_period, sweep.reduction_factor, base.train.episodes) if m % every]
+        if off:
+            raise ConfigError(f"{src}: train.eval_every={every} does not evaluate at ASHA's rung episode(s) "
+                              f"{', '.join(map(str, off))}: use an eval_every that divides sweep.grace_period="
+                              f"{sweep.grace_period} (and its rungs)")
     return SweepFile(base=base, search=search, grid=grid, sweep=sweep, source=src)
 
 
