@@ -191,7 +191,7 @@ def make_baselines(market: Market, env: EnvConfig | None = None, seed: int = 0) 
         if cls is RandomPolicy:
             out[name] = cls(market, env.positions, seed)
         elif cls is LinearProbe:
-            out[name] = cls(market, env.positions, cost_rate=(env.fee_bps + env.slippage_bps) * 1e-4)
+            out[name] = cls(market, env.positions, cost_rate=env.cost_rate)
         else:
             out[name] = cls(market, env.positions)
     return out

@@ -95,7 +95,7 @@ def _summary(run: RunFolder) -> Markup:
                       f"buy & hold {fmt(bh.get(key), kind)}"))
     others = {k: v for k, v in ev["baselines"].items() if k != "always_flat"}
     best_name, best = max(others.items(), key=lambda kv: kv[1].get("sharpe", float("-inf")), default=(None, None))
-    beaten = [k for k, v in ev["baselines"].items() if s["sharpe"]["mean"] > v.get("sharpe", float("inf"))]
+    beaten = [k for k, v in others.items() if s["sharpe"]["mean"] > v.get("sharpe", float("inf"))]
     split = run.meta.get("split", {}).get("test", {})
     dates = split.get("dates") or ["?", "?"]
     bars = ev.get("bars") or [0, 0]
@@ -104,7 +104,8 @@ def _summary(run: RunFolder) -> Markup:
         f"selection), the agent's mean over {n} seeds has a Sharpe ratio of {fmt(s['sharpe']['mean'], 'ratio')} "
         f"(sd {fmt(s['sharpe']['std'], 'ratio')} across seeds) and a total return of "
         f"{fmt(s['total_return']['mean'], 'pct')}, after {fmt(ev.get('costs_bps'), 'float1')} bps of costs "
-        f"per unit traded. It beats {len(beaten)} of {len(ev['baselines'])} baselines on Sharpe"
+        f"per unit traded. Its Sharpe is above that of {len(beaten)} of the {len(others)} trading baselines (a ranking, "
+        f"not a test of skill: the verdict is that test)"
     )
     if best_name is not None:
         sentence += f"; the best baseline is {pretty_name(best_name)} at {fmt(best.get('sharpe'), 'ratio')}"

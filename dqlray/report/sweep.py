@@ -122,7 +122,8 @@ def _summary(sw: SweepFolder) -> Markup:
             items.insert(0, card)
         if v and v.get("dsr_active") is not None:
             items.append(("Deflated Sharpe (validation IR)", fmt(v["dsr_active"], "float3"),
-                          f"best of {v.get('n_trials')} configurations; PBO {fmt(v.get('pbo'), 'float3')}"))
+                          f"best of {v.get('n_trials')} candidates (configurations or checkpoints); "
+                          f"PBO {fmt(v.get('pbo'), 'float3')}"))
         lead = verdict_note(v)
     return cards(items) + lead
 
