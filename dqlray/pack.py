@@ -374,7 +374,7 @@ class PackRun:
             buf.add(t, pos, actions, step.reward, step.terminated, step.truncated)
             obs = step.obs
             env_steps += 1
-            if (step.terminated | step.truncated).any():
+            if step.any_done:
                 fin = ~np.isnan(step.episode_return)
                 ret_sum[fin] += step.episode_return[fin]
                 ret_n += fin

@@ -26,6 +26,7 @@ class VecStep(NamedTuple):
     truncated: np.ndarray  # (N,) bool: end of data or of the episode length
     portfolio_value: np.ndarray  # (N,) value after the step, before any reset
     episode_return: np.ndarray  # (N,) log return of episodes that ended this step, NaN elsewhere
+    any_done: bool  # some episode ended this step (computed once here, read by the training loop)
 
 
 class VecTradingEnv:
@@ -106,10 +107,11 @@ class VecTradingEnv:
         terminated = value <= self.ruin_value
         done = terminated | (self.t >= self.end)
         truncated = done ^ terminated
-        if done.any():
+        any_done = bool(done.any())
+        if any_done:
             ep_ret = np.where(done, self.ep_return, np.nan)
             self.value = value.copy()  # the returned values stay those before the reset
             self._reset_envs(np.flatnonzero(done))
         else:
             ep_ret = self._no_returns
-        return VecStep(self.observe(), reward, terminated, truncated, value, ep_ret)
+        return VecStep(self.observe(), reward, terminated, truncated, value, ep_ret, any_done)
