@@ -283,7 +283,7 @@ class VerdictConfig:
     """Null policies made by shuffling the agent's own position stretches (check 2: against luck)."""
     block_length: float | None = None
     """Mean block length of the stationary bootstrap in bars; None picks it from the active returns
-    (Politis and White 2004, ``arch.bootstrap.optimal_block_length``)."""
+    (Politis and White 2004, :func:`dqlray.verdict.optimal_block_length`, as ``arch`` computes it)."""
     pbo_blocks: int = 16
     """Blocks S of combinatorially symmetric cross-validation (even; fewer when the validation part is short)."""
     pbo_max_splits: int = 20_000

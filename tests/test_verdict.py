@@ -104,6 +104,24 @@ def test_pbo_fewer_blocks_when_short_and_a_seeded_subset_when_splits_are_many():
 # ------------------------------------------------------------------------------------------------------ check 1
 
 
+def test_block_length_equals_arch():
+    # The verdict's own port of Politis and White's block length gives arch's value: on white noise (m from the
+    # autocorrelation band), on an AR(1) (a long block), on a short series, and on the clipped large-T case.
+    from arch.bootstrap import optimal_block_length
+
+    rng = np.random.default_rng(7)
+    ar = np.zeros(2000)
+    e = rng.normal(size=2000)
+    for t in range(1, 2000):
+        ar[t] = 0.7 * ar[t - 1] + e[t]
+    series = [rng.normal(size=990), ar, rng.normal(size=40), np.cumsum(rng.normal(size=3000)),
+              rng.standard_t(3, size=388) * 0.01]
+    for x in series:
+        want = float(optimal_block_length(x)["stationary"].iloc[0])
+        assert V.optimal_block_length(x) == pytest.approx(want, rel=1e-10)
+    assert V.optimal_block_length(ar) > 5  # serial dependence asks for long blocks; the test is not of a constant
+
+
 def test_bootstrap_with_block_length_1_matches_normal_theory():
     # iid normal returns, block length 1: the stationary bootstrap is the iid bootstrap, and the Sharpe estimate is
     # about normal with se sqrt((1 + SR^2 / 2) / T) per bar (Lo 2002). So the 90% interval is SR +- 1.645 se and
