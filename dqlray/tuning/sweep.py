@@ -405,6 +405,7 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
 
     from dqlray.notify.tune_callback import TelegramTuneCallback
     from dqlray.tuning.room import RoomWatch, SweepRoom
+    from dqlray.tuning.warmup import WarmUp
 
     sf = run.sweep_file
     exp = experiment_dir(run)
@@ -442,7 +443,7 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
         callbacks = [TelegramTuneCallback(
             experiment=run.title or run.experiment_name, notifier=notifier, metric=sf.sweep.metric, mode="max",
             num_samples=expected_configs(sf), space_summary=space_summary(sf), max_t=sf.base.train.episodes)]
-        callbacks.append(RoomWatch(str(exp), room.reserve))
+        callbacks += [RoomWatch(str(exp), room.reserve), WarmUp()]
         tuner, wrapped, m, _rungs = _build_tuner(run, data, cluster, callbacks, trainable or pack_trainable, out)
         meta.setdefault("pack_size", m)  # what sweep.pack resolved to when the sweep started
         write_json(meta_path, meta)  # only now: a sweep refused for its resources leaves no trace
