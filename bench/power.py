@@ -101,50 +101,59 @@ def sample_pool(sf: Any, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def score_config(params: dict[str, Any], data: Any, base: Any, n_fresh: int) -> dict[str, Any]:
-    """Train ``base`` + ``params`` at full budget with the search seeds and ``n_fresh`` fresh runs in lockstep.
+    """Train ``base`` + ``params`` at full budget with the search seeds and ``n_fresh`` fresh runs.
 
     A run is what one sweep trial trains: ``train.num_seeds`` seeds, scored as its seeds' mean or, with
-    ``train.ensemble``, as their ensemble (one policy). The fresh runs are ``n_fresh`` more such runs on seeds no
-    selection saw (``n_fresh`` seeds, or ``n_fresh`` ensembles of ``num_seeds`` seeds each). Returns the search seeds'
-    validation Sharpe (what a sweep ranks by), the fresh runs' mean test Sharpe (the configuration's true quality;
-    the test part of the search seeds is not used), and the agent-steps spent by the search seeds.
+    ``train.ensemble``, as their ensemble (one policy), at its last evaluation or, with ``train.select``, at the
+    evaluation its own validation chose. The fresh runs are ``n_fresh`` more such runs on seeds no selection saw
+    (``n_fresh`` seeds, or ``n_fresh`` ensembles of ``num_seeds`` seeds each), each choosing its own checkpoint on
+    its own validation as a sweep would. All of them train as configurations of one pack, so the search run equals
+    the sweep's. Returns the search seeds' validation Sharpe (what a sweep ranks by), the fresh runs' mean test
+    Sharpe (the configuration's true quality; the test part of the search seeds is not used), and the agent-steps
+    spent by the search seeds.
     """
     import torch
 
-    from dqlray.dqn import EnsemblePolicy
+    from dqlray.dqn import evaluation_policy
     from dqlray.evaluation import evaluate_policy
-    from dqlray.trainer import train
+    from dqlray.pack import train_pack
+    from dqlray.parts import build_market, make_learner
     from dqlray.tuning.space import trial_config
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     cfg = trial_config(base, params)
-    n_search, ensemble = cfg.train.num_seeds, cfg.train.ensemble
+    n_search, ensemble, seed = cfg.train.num_seeds, cfg.train.ensemble, cfg.train.seed
     per_run = n_search if ensemble else 1
-    # Validation only after the last episode: it does not touch training (no random draws), so seeds 0..n_search-1
-    # train exactly as in the sweep, where validation runs every episode.
-    cfg = cfg.replace({"train": {"num_seeds": n_search + n_fresh * per_run, "eval_every": cfg.train.episodes,
-                                 "ensemble": False}})
-    res = train(cfg, data, progress=False)
-    # every run as one or more policies: the search run first, then the fresh runs
-    search_groups = [list(range(n_search))] if ensemble else [[j] for j in range(n_search)]
-    fresh_groups = [list(range(n_search + i * per_run, n_search + (i + 1) * per_run)) for i in range(n_fresh)]
-    groups = search_groups + fresh_groups
-    sharpe = {}
-    for part in ("val", "test"):
-        ev = evaluate_policy(EnsemblePolicy(res.learner, groups), res.market, part=part, n_envs=len(groups),
-                             env=cfg.env, periods=cfg.train.periods_per_year)
-        sharpe[part] = [m["sharpe"] for m in ev.metrics]
-    n_sp = len(search_groups)
-    fresh = np.array(sharpe["test"][n_sp:])
+    if cfg.train.select == "last":
+        # Validation only after the last episode: it does not touch training (no random draws), so the search
+        # seeds train exactly as in the sweep, where validation runs every episode.
+        cfg = cfg.replace({"train": {"eval_every": cfg.train.episodes}})
+    runs = [cfg] + [cfg.replace({"train": {"seed": seed + n_search + i * per_run, "num_seeds": per_run}})
+                    for i in range(n_fresh)]
+    market = build_market(cfg, data)
+    results = train_pack(runs, data)
+    val_search, test = [], []
+    for i, (run, res) in enumerate(zip(runs, results, strict=True)):
+        state, val, _, _ = res.kept()
+        if i == 0:
+            val_search.append(val["val_sharpe"])
+            continue
+        learner = make_learner(run, market)
+        learner.load_state_dict(state)
+        policy, n_envs = evaluation_policy(learner, ensemble=ensemble)
+        ev = evaluate_policy(policy, market, part="test", n_envs=n_envs, env=cfg.env,
+                             periods=cfg.train.periods_per_year)
+        test.extend(m["sharpe"] for m in ev.metrics)
+    fresh = np.array(test)
     return {
         "params": params,
-        "val_search": float(np.mean(sharpe["val"][:n_sp])),
+        "val_search": float(np.mean(val_search)),
         "true": float(fresh.mean()),
         "true_se": float(fresh.std(ddof=1) / math.sqrt(len(fresh))) if len(fresh) > 1 else float("nan"),
         "test_fresh": fresh.tolist(),
-        "val_all": sharpe["val"],
-        "search_steps": int(res.final["env_steps"]) * n_search,
+        "selected_episode": [r.kept()[3] for r in results],
+        "search_steps": int(results[0].history[-1]["env_steps"]) * n_search,
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -171,9 +180,12 @@ def reference_sharpes(spec: MarketSpec, data: Any, base: Any) -> dict[str, float
     return out
 
 
-def run_default_sweep(data_file: Path, name: str, store: Path, address: str, log: Path) -> dict[str, Any]:
-    """``tune_main.py`` with its defaults on one market, joined to the benchmark's Ray cluster; its results."""
-    cmd = [sys.executable, str(ROOT / "tune_main.py"), "--data-file", str(data_file), "--experiment-name", name,
+def run_default_sweep(data_file: Path, name: str, store: Path, address: str, log: Path,
+                      config: str | Path = SWEEP_FILE) -> dict[str, Any]:
+    """``tune_main.py`` with the sweep file's settings (the default one: the defaults) on one market, joined to the
+    benchmark's Ray cluster; its results."""
+    cmd = [sys.executable, str(ROOT / "tune_main.py"), "--config", str(config), "--data-file", str(data_file),
+           "--experiment-name", name,
            "--storage-path", str(store), "--address", address, "--no-dashboard"]
     t0 = time.perf_counter()
     with log.open("w") as fh:
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             for spec in specs:
                 name = spec.name.replace("/", "_")
                 sweeps[spec.name] = sw = run_default_sweep(files[spec.name], name, work / "sweeps", address,
-                                                           work / f"sweep_{name}.log")
+                                                           work / f"sweep_{name}.log", args.config)
                 print(f"  sweep {spec.name:<18} {sw['wall_s']:6.0f} s, {sw['n_trials']} trials ({sw['n_full']} at "
                       f"full budget), winner's validation Sharpe {sw['best_val']:+.2f}", flush=True)
         remote = ray.remote(num_cpus=1)(score_config)

@@ -41,17 +41,27 @@ def test_variants_parse_lists_inside_brackets():
         {"agent.gamma": 0, "agent.hidden": [16, 16]}, {"agent.learning_rate": 1e-3}]
 
 
-@pytest.mark.parametrize("ensemble", [False, True])
-def test_a_scored_configuration_is_validated_as_the_sweep_trial_would_be(ensemble):
+@pytest.mark.parametrize(("ensemble", "select"), [(False, "last"), (True, "last"), (True, "best_val_sharpe")])
+def test_a_scored_configuration_is_validated_as_the_sweep_trial_would_be(ensemble, select):
     from dqlray.config import load_config
     from dqlray.data import synth_market
+    from dqlray.dqn import evaluation_policy
+    from dqlray.evaluation import evaluate_policy
     from dqlray.trainer import train
 
     data = synth_market(700, seed=3, ar=0.2)
     base = load_config(overrides={"env": {"episode_length": 100}, "agent": {"learning_starts": 50, "buffer_size": 300},
-                                  "train": {"episodes": 2, "num_seeds": 2, "ensemble": ensemble}})
+                                  "train": {"episodes": 4, "num_seeds": 2, "ensemble": ensemble, "select": select}})
     scored = score_config({"agent.gamma": 0.5}, data, base, 2)
     trial = train(base.replace({"agent": {"gamma": 0.5}}), data, progress=False)  # what a sweep trial trains
-    assert scored["val_search"] == pytest.approx(trial.final["val_sharpe"], abs=1e-12)
-    assert len(scored["test_fresh"]) == 2 and len(scored["val_all"]) == (1 if ensemble else 2) + 2
-    assert scored["search_steps"] == 2 * 200
+    kept = trial.member.kept()[1] if select != "last" else trial.final
+    assert scored["val_search"] == pytest.approx(kept["val_sharpe"], abs=1e-12)
+    assert len(scored["test_fresh"]) == 2 and scored["search_steps"] == 2 * 400
+    # a fresh run is the same configuration on unseen seeds, choosing its own checkpoint on its own validation
+    per_run = 2 if ensemble else 1
+    fresh = base.replace({"agent": {"gamma": 0.5}, "train": {"seed": 2 + per_run, "num_seeds": per_run}})
+    alone = train(fresh, data, progress=False)
+    policy, n = evaluation_policy(alone.kept_learner(), ensemble=ensemble)
+    ev = evaluate_policy(policy, alone.market, part="test", n_envs=n, env=fresh.env, periods=fresh.train.periods_per_year)
+    assert scored["test_fresh"][-1] == pytest.approx(ev.metrics[-1]["sharpe"], abs=1e-9)
+    assert scored["selected_episode"][0] == (trial.member.kept()[3] if select != "last" else 4)
