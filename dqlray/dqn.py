@@ -445,9 +445,11 @@ class EnsemblePolicy:
         return mean.argmax(axis=-1)
 
 
-def evaluation_policy(learner: DQNLearner, *, ensemble: bool) -> tuple[GreedyPolicy | EnsemblePolicy, int]:
+def evaluation_policy(learner: DQNLearner, *, ensemble: bool, groups: Sequence[Sequence[int]] | None = None
+                      ) -> tuple[GreedyPolicy | EnsemblePolicy, int]:
     """The policy a run is scored as (``train.ensemble``) and its number of environments: every seed's greedy
-    policy (K), or the seeds' ensemble (one policy)."""
+    policy (K), or the seeds' ensemble (one policy; with ``groups``, one per group of rows, as in a pack)."""
     if ensemble:
-        return EnsemblePolicy(learner), 1
+        policy = EnsemblePolicy(learner, groups)
+        return policy, policy.n_groups
     return GreedyPolicy(learner), learner.k

@@ -26,7 +26,7 @@ import torch
 
 from dqlray.config import SECTIONS, ExperimentConfig
 from dqlray.data import OHLCV
-from dqlray.dqn import EnsemblePolicy, GreedyPolicy, linear_epsilon
+from dqlray.dqn import evaluation_policy, linear_epsilon
 from dqlray.errors import ConfigError, DqlrayError
 from dqlray.evaluation import EvalResult, evaluate_policy
 from dqlray.market import Market
@@ -200,12 +200,9 @@ def evaluate_validation(learner: Any, market: Market, config: ExperimentConfig,
     """Every member's greedy policy over the validation part, all members in one vectorised pass; with
     ``train.ensemble``, one ensemble per group of rows (``groups``, default all rows: a configuration's seeds), one
     result row each."""
-    if config.train.ensemble:
-        policy = EnsemblePolicy(learner, groups)
-        return evaluate_policy(policy, market, part="val", env=config.env, n_envs=policy.n_groups, name="agent",
-                               periods=config.train.periods_per_year)
-    return evaluate_policy(GreedyPolicy(learner), market, part="val", env=config.env, n_envs=learner.k,
-                           name="agent", periods=config.train.periods_per_year)
+    policy, n_envs = evaluation_policy(learner, ensemble=config.train.ensemble, groups=groups)
+    return evaluate_policy(policy, market, part="val", env=config.env, n_envs=n_envs, name="agent",
+                           periods=config.train.periods_per_year)
 
 
 def diverged_message(config: ExperimentConfig, episode: int, loss: np.ndarray) -> str:
