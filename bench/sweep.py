@@ -49,9 +49,9 @@ def run_sweep(store: Path, name: str, config: Path, *extra: str) -> dict[str, An
     """Run one sweep to completion; return its figures."""
     cmd = [sys.executable, str(ROOT / "tune_main.py"), "--config", str(config), "--experiment-name", name,
            "--storage-path", str(store), "--no-dashboard", *extra]
-    t0 = time.perf_counter()
+    t0, u0 = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, u1 = time.perf_counter() - t0, time.time()
     if proc.returncode != 0:
         sys.exit(f"sweep {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     exp = store / name
@@ -74,6 +74,7 @@ def run_sweep(store: Path, name: str, config: Path, *extra: str) -> dict[str, An
     steps = sum(int(float(r["env_steps"] or 0)) for r in rows) * seeds
     full = [r for r in rows if r["full_budget"] == "True"]
     return {"name": name, "wall_s": wall, "trial_phase_s": phase, "cpu_s": cpu,
+            "before_s": min(starts) - u0, "after_s": u1 - max(ends),
             "busy_wall": cpu / (wall * cores), "busy_phase": cpu / (phase * cores),
             "agent_steps": steps, "steps_per_core_s": steps / (wall * cores),
             "episodes": sum(int(float(r["episodes"] or 0)) for r in rows), "configs": len(rows),
@@ -107,7 +108,9 @@ def compare(label: str, packed: dict[str, Any], one: dict[str, Any]) -> list[str
     out = [line(label, packed), line("", one)]
     out.append(f"{'':<34}packed/--pack 1: trial phase {packed['trial_phase_s'] / one['trial_phase_s']:.2f}x, wall "
                f"{packed['wall_s'] / one['wall_s']:.2f}x, agent-steps per core-second "
-               f"{packed['steps_per_core_s'] / one['steps_per_core_s']:.1f}x")
+               f"{packed['steps_per_core_s'] / one['steps_per_core_s']:.1f}x; before the first trial "
+               f"{packed['before_s']:.1f} / {one['before_s']:.1f} s, after the last {packed['after_s']:.1f} / "
+               f"{one['after_s']:.1f} s")
     return out
 
 

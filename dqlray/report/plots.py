@@ -52,26 +52,33 @@ def _figure(width: float, height: float, **kw: Any) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    """Save as PNG, reduced to a 256-colour palette: a third of the bytes, no visible change for line charts."""
+    """Save as PNG, reduced to a 256-colour palette: a third of the bytes, no visible change for line charts.
+
+    The figure is drawn once into memory and the palette image written from there (a full-colour PNG written and read
+    back, then recompressed with ``optimize``, took twice as long for 8% fewer bytes)."""
     tmp = path.with_name(f".{path.name}.partial.png")
     try:  # written to a temporary name, then renamed: a full disk leaves the earlier picture (issue 13)
         with guarded_write(path.parent, path.name):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(tmp, dpi=DPI, facecolor="white")
             small = None
             try:
                 from PIL import Image  # a dependency of matplotlib
 
-                with Image.open(tmp) as im:
-                    q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
-                                                   dither=Image.Dither.NONE)
+                fig.set_facecolor("white")
+                fig.canvas.draw()
+                rgba = fig.canvas.buffer_rgba()
+                w, h = fig.canvas.get_width_height(physical=True)
+                q = Image.frombuffer("RGBA", (w, h), rgba, "raw", "RGBA", 0, 1).convert("RGB").quantize(
+                    colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
                 buf = io.BytesIO()
-                q.save(buf, format="PNG", optimize=True)
+                q.save(buf, format="PNG", dpi=(DPI, DPI))
                 small = buf.getvalue()
             except Exception:  # noqa: BLE001 - the full-colour PNG is fine too
                 pass
             if small is not None:
                 tmp.write_bytes(small)
+            else:
+                fig.savefig(tmp, dpi=DPI, facecolor="white")
             tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
