@@ -203,6 +203,10 @@ def _build_tuner(run: SweepRun, data: OHLCV, cluster: ClusterResources, callback
     trainable = tune.with_resources(tune.with_parameters(trainable_fn, data=data, base=base, settings=settings),
                                     res)
     out(f"{n} configurations in packs of up to {m} (--pack {sw.pack}), {slots} pack(s) at once")
+    # Tune keeps one trial pending at a time for a custom searcher, so the second pack's actor would only be
+    # started once the first one's had: a slot idle for a worker's start-up (about 3 s here) at the start of every
+    # sweep. The searcher limits concurrency itself, so every slot may have a pack starting at once.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(slots))
     tune_config = tune.TuneConfig(search_alg=PackSearcher(sf, m, slots), num_samples=n, reuse_actors=True,
                                   trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
     run_config = tune.RunConfig(
