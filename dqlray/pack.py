@@ -479,7 +479,8 @@ class PackRun:
                 "env": env_state(self.venv), "env_steps": self.env_steps, "episode": self.episode,
                 "fill_until": self.fill_until, "row_config": self.row_config.copy(),
                 "episodes_done": self.episodes_done.copy(), "last_val": [dict(v) for v in self.last_val],
-                "results": [r.to_state() for r in self.results], "configs": [c.to_dict() for c in self.configs]}
+                "results": [r.to_state() for r in self.results], "configs": [c.to_dict() for c in self.configs],
+                "elapsed_s": time.perf_counter() - self._t_start}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` (a new :class:`PackRun` of the same configurations)."""
@@ -503,6 +504,8 @@ class PackRun:
         self.last_val = [dict(v) for v in state["last_val"]]
         for r, s in zip(self.results, state["results"], strict=True):
             r.load(s)
+        # time_total_s goes on from where the checkpoint was taken (a resumed pack's clock does not restart at 0)
+        self._t_start = time.perf_counter() - float(state.get("elapsed_s", 0.0))
 
 
 def train_pack(configs: Sequence[ExperimentConfig], data: OHLCV, *,

@@ -154,6 +154,13 @@ def test_pack_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(full.results, resumed.results, strict=True):
         assert torch.equal(a.state["online"], b.state["online"]) and torch.equal(a.state["target"], b.state["target"])
         assert strip(a.history) == strip(b.history)  # same seed, same result
+    # the clock goes on from the checkpoint's time_total_s rather than restarting at 0
+    state = part.state_dict()
+    assert 0 < state["elapsed_s"] < 1000
+    later = PackRun(cfgs, DATA)
+    later.load_state_dict({**state, "elapsed_s": 1000.0})
+    later.run_episode()
+    assert later.results[0].history[-1]["time_total_s"] > 1000
 
 
 def test_configs_that_cannot_share_a_pack():
