@@ -104,6 +104,7 @@ def test_pbo_fewer_blocks_when_short_and_a_seeded_subset_when_splits_are_many():
 # ------------------------------------------------------------------------------------------------------ check 1
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero", "ignore:invalid value")  # 8 bars: both divide by 0
 def test_block_length_equals_arch():
     # The verdict's own port of Politis and White's block length gives arch's value: on white noise (m from the
     # autocorrelation band), on an AR(1) (a long block), on a short series, and on the clipped large-T case.
@@ -120,6 +121,14 @@ def test_block_length_equals_arch():
         want = float(optimal_block_length(x)["stationary"].iloc[0])
         assert V.optimal_block_length(x) == pytest.approx(want, rel=1e-10)
     assert V.optimal_block_length(ar) > 5  # serial dependence asks for long blocks; the test is not of a constant
+    # too short to estimate (arch raises there): the verdict's bootstrap falls back to blocks of one bar
+    short = rng.normal(size=7)
+    with pytest.raises(ValueError):
+        optimal_block_length(short)
+    assert math.isnan(V.optimal_block_length(short)) and V._block_length(short) == 1.0
+    eight = rng.normal(size=8)  # the shortest series arch estimates: the same value
+    assert V.optimal_block_length(eight) == pytest.approx(float(optimal_block_length(eight)["stationary"].iloc[0]),
+                                                          rel=1e-10)
 
 
 def test_bootstrap_with_block_length_1_matches_normal_theory():
