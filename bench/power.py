@@ -116,8 +116,8 @@ def score_config(params: dict[str, Any], data: Any, base: Any, n_fresh: int) -> 
 
     from dqlray.dqn import evaluation_policy
     from dqlray.evaluation import evaluate_policy
-    from dqlray.pack import train_pack
-    from dqlray.parts import build_market, make_learner
+    from dqlray.pack import PackRun
+    from dqlray.parts import make_learner
     from dqlray.tuning.space import trial_config
 
     torch.set_num_threads(1)
@@ -131,29 +131,27 @@ def score_config(params: dict[str, Any], data: Any, base: Any, n_fresh: int) -> 
         cfg = cfg.replace({"train": {"eval_every": cfg.train.episodes}})
     runs = [cfg] + [cfg.replace({"train": {"seed": seed + n_search + i * per_run, "num_seeds": per_run}})
                     for i in range(n_fresh)]
-    market = build_market(cfg, data)
-    results = train_pack(runs, data)
-    val_search, test = [], []
-    for i, (run, res) in enumerate(zip(runs, results, strict=True)):
-        state, val, _, _ = res.kept()
-        if i == 0:
-            val_search.append(val["val_sharpe"])
-            continue
-        learner = make_learner(run, market)
+    pack = PackRun(runs, data)
+    while pack.active:
+        pack.run_episode()
+    kept = [r.kept() for r in pack.results]  # (state, validation summary, validation returns, episode) per run
+    test = []
+    for run, (state, _, _, _) in zip(runs[1:], kept[1:], strict=True):
+        learner = make_learner(run, pack.market)
         learner.load_state_dict(state)
         policy, n_envs = evaluation_policy(learner, ensemble=ensemble)
-        ev = evaluate_policy(policy, market, part="test", n_envs=n_envs, env=cfg.env,
+        ev = evaluate_policy(policy, pack.market, part="test", n_envs=n_envs, env=cfg.env,
                              periods=cfg.train.periods_per_year)
         test.extend(m["sharpe"] for m in ev.metrics)
     fresh = np.array(test)
     return {
         "params": params,
-        "val_search": float(np.mean(val_search)),
+        "val_search": float(kept[0][1]["val_sharpe"]),
         "true": float(fresh.mean()),
         "true_se": float(fresh.std(ddof=1) / math.sqrt(len(fresh))) if len(fresh) > 1 else float("nan"),
         "test_fresh": fresh.tolist(),
-        "selected_episode": [r.kept()[3] for r in results],
-        "search_steps": int(results[0].history[-1]["env_steps"]) * n_search,
+        "selected_episode": [k[3] for k in kept],
+        "search_steps": pack.env_steps * n_search,
         "wall_s": time.perf_counter() - t0,
     }
 
