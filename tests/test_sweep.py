@@ -341,3 +341,14 @@ def test_asha_rungs_must_fall_on_evaluations(tmp_path):
         parse_sweep_file(write_sweep(tmp_path, train={"eval_every": 2}))
     assert parse_sweep_file(write_sweep(tmp_path, train={"eval_every": 2}, grace_period=2)).base.train.eval_every == 2
     assert parse_sweep_file(write_sweep(tmp_path, train={"eval_every": 2}, scheduler="none")).sweep.scheduler == "none"
+
+
+def test_tune_settings_last_for_one_fit_and_keep_what_the_user_set(monkeypatch):
+    from dqlray.tuning.sweep import tune_settings
+
+    pending, warn = "TUNE_MAX_PENDING_TRIALS_PG", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+    monkeypatch.delenv(pending, raising=False)
+    monkeypatch.setenv(warn, "7")  # the user's own
+    with tune_settings(3):
+        assert os.environ[pending] == "3" and os.environ[warn] == "7"
+    assert pending not in os.environ and os.environ[warn] == "7"  # a second sweep in this process starts clean

@@ -19,7 +19,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -174,6 +175,29 @@ def pack_size(sf: SweepFile, slots: int) -> int:
     return auto_pack_size(expected_configs(sf), slots, gpu=sw.gpus_per_trial > 0)
 
 
+@contextmanager
+def tune_settings(slots: int) -> Iterator[None]:
+    """Ray Tune's settings (environment variables, read when ``fit`` starts) for one sweep's ``fit``, restored after
+    it; a value the user set is kept.
+
+    - ``TUNE_MAX_PENDING_TRIALS_PG`` = the trial slots: for a custom searcher Tune keeps one trial pending, so the
+      second pack's worker would only start once the first one's had, a slot idle for a worker's start-up (3 to 4 s)
+      at the start of every sweep. :class:`PackSearcher` limits concurrency itself.
+    - ``TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S`` = 0: a pack checkpoints when configurations leave
+      it, so Tune's experiment snapshots come often and it warns that they "may become a bottleneck", three times in
+      a default sweep. Measured (cProfile of the driver): 10 snapshots, 0.31 s in all. Its warning for a slow
+      snapshot (30 s) stays.
+    """
+    wanted = {"TUNE_MAX_PENDING_TRIALS_PG": str(slots), "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    ours = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in ours})
+    try:
+        yield
+    finally:
+        for k in ours:
+            os.environ.pop(k, None)
+
+
 def _build_tuner(run: SweepRun, data: OHLCV, cluster: ClusterResources, callbacks: list,
                  trainable_fn: Callable[..., None], out: Any = print) -> tuple[Any, Any, int, Any]:
     """The Tuner, its trainable, the pack size, and the rung actor (held by the caller for the sweep: a named
@@ -203,14 +227,6 @@ def _build_tuner(run: SweepRun, data: OHLCV, cluster: ClusterResources, callback
     trainable = tune.with_resources(tune.with_parameters(trainable_fn, data=data, base=base, settings=settings),
                                     res)
     out(f"{n} configurations in packs of up to {m} (--pack {sw.pack}), {slots} pack(s) at once")
-    # Tune keeps one trial pending at a time for a custom searcher, so the second pack's actor would only be
-    # started once the first one's had: a slot idle for a worker's start-up (about 3 s here) at the start of every
-    # sweep. The searcher limits concurrency itself, so every slot may have a pack starting at once.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(slots))
-    # A pack checkpoints when configurations leave it, so Tune's experiment snapshots come often and it warns that
-    # they "may become a bottleneck", three times in a default sweep. Measured (cProfile of the driver): 10 snapshots,
-    # 0.31 s in all. Its warning for a slow snapshot (30 s) stays.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tune_config = tune.TuneConfig(search_alg=PackSearcher(sf, m, slots), num_samples=n, reuse_actors=True,
                                   trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
     run_config = tune.RunConfig(
@@ -462,7 +478,8 @@ def _run_locked(run: SweepRun, data: OHLCV, market: Any, out: Any, stop_requeste
             out("Stop requested (SIGUSR1) before the sweep started; nothing to save. Resume with --resume.")
             return EXIT_RESUMABLE
         try:
-            tuner.fit()
+            with tune_settings(trial_slots(sf.sweep, cluster.total)):
+                tuner.fit()
         except (OSError, EOFError) as e:
             # A write of Tune's failed (an EOFError is Tune reading back an error file a full disk left empty).
             room.raise_if_short(exp, "the sweep's state", e)
