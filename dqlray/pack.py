@@ -262,14 +262,19 @@ class MemberResult:
         summary, per-bar validation returns and the episode they come from."""
         if self.selected is not None:
             s = self.selected
-            return s["state"], s["val"], s["val_returns"], s["episodes"]
+            return s.get("state"), s["val"], s.get("val_returns"), s["episodes"]
         last = self.evaluations[-1] if self.evaluations else {}
         return self.state, {k: v for k, v in last.items() if k != "episodes"}, self.val_returns, last.get("episodes")
 
-    def to_state(self) -> dict:
-        """Plain data for a checkpoint."""
-        return {"history": list(self.history), "state": self.state, "status": self.status,
-                "evaluations": list(self.evaluations), "val_returns": self.val_returns, "selected": self.selected}
+    def to_state(self, arrays: bool = True) -> dict:
+        """Plain data for a checkpoint; without ``arrays``, only its metrics (no networks, no validation returns:
+        for a configuration whose record is already written elsewhere)."""
+        selected = self.selected
+        if not arrays and selected is not None:
+            selected = {k: v for k, v in selected.items() if k not in ("state", "val_returns")}
+        return {"history": list(self.history), "state": self.state if arrays else None, "status": self.status,
+                "evaluations": list(self.evaluations), "val_returns": self.val_returns if arrays else None,
+                "selected": selected}
 
     def load(self, s: dict) -> None:
         """Restore :meth:`to_state`."""
@@ -472,14 +477,17 @@ class PackRun:
             self._rows_changed()
         return out
 
-    def state_dict(self, include_buffer: bool = True) -> dict:
+    def state_dict(self, include_buffer: bool = True, departed_arrays: bool = True) -> dict:
         """Everything needed to continue the pack exactly (the replay buffer's data unless ``include_buffer`` is
-        False: a pack resumed without it refills before it learns again)."""
+        False: a pack resumed without it refills before it learns again). Without ``departed_arrays``, the
+        configurations that have left keep only their metrics (a sweep writes their networks and validation returns
+        to their own records as they leave, so its checkpoints need not carry them again)."""
+        results = [r.to_state(departed_arrays or r.status == ACTIVE) for r in self.results]
         return {"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(include_buffer),
                 "env": env_state(self.venv), "env_steps": self.env_steps, "episode": self.episode,
                 "fill_until": self.fill_until, "row_config": self.row_config.copy(),
                 "episodes_done": self.episodes_done.copy(), "last_val": [dict(v) for v in self.last_val],
-                "results": [r.to_state() for r in self.results], "configs": [c.to_dict() for c in self.configs],
+                "results": results, "configs": [c.to_dict() for c in self.configs],
                 "elapsed_s": time.perf_counter() - self._t_start}
 
     def load_state_dict(self, state: dict) -> None:

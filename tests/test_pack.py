@@ -1,6 +1,7 @@
 """Packed trials (issue 14): a configuration trained inside a pack equals the same configuration trained alone."""
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -161,6 +162,32 @@ def test_pack_resume_equals_uninterrupted(tmp_path):
     later.load_state_dict({**state, "elapsed_s": 1000.0})
     later.run_episode()
     assert later.results[0].history[-1]["time_total_s"] > 1000
+
+
+def test_a_sweep_checkpoint_drops_the_networks_of_configurations_that_left(tmp_path):
+    # a sweep writes a departed configuration's networks to its own record; the pack's checkpoints keep only its
+    # metrics (what the result rows and the search are told after a restore), and the others resume exactly
+    cfgs = [c.replace({"train": {"select": "best_val_sharpe"}}) for c in (CONFIGS[0], CONFIGS[2], CONFIGS[3])]
+    full, part = PackRun(cfgs, DATA), PackRun(cfgs, DATA)
+    for run in (full, part):
+        run.run_episode()
+        run.stop([1])
+    slim, fat = part.state_dict(departed_arrays=False), part.state_dict()
+    gone = slim["results"][1]
+    assert gone["state"] is None and gone["val_returns"] is None and "state" not in gone["selected"]
+    assert fat["results"][1]["state"] is not None  # the default keeps everything (PackRun's own users)
+    assert slim["results"][0]["state"] is None and slim["results"][0]["selected"]["state"] is not None  # active: kept
+    torch.save(slim, tmp_path / "pack.pt")
+    assert (tmp_path / "pack.pt").stat().st_size < len(pickle.dumps(fat))
+    resumed = PackRun(cfgs, DATA)
+    resumed.load_state_dict(torch.load(tmp_path / "pack.pt", weights_only=False))
+    assert resumed.results[1].kept()[1] == full.results[1].kept()[1]  # its ranked value survives the restore
+    while full.active:
+        full.run_episode()
+        resumed.run_episode()
+    for ci in (0, 2):
+        a, b = full.results[ci], resumed.results[ci]
+        assert torch.equal(a.state["online"], b.state["online"]) and strip(a.history) == strip(b.history)
 
 
 def test_configs_that_cannot_share_a_pack():

@@ -92,7 +92,7 @@ def pack_trainable(config: dict[str, Any], *, data: OHLCV, base: ExperimentConfi
                       "members": {ids[ci]: _member_result(run, ci, settings) for ci in sorted(told | set(
                           episode_metrics))}}
             if run.active and (left_now or episode % every == 0):
-                path = ckpt.save(episode, run.state_dict(base.train.checkpoint_buffer))
+                path = ckpt.save(episode, run.state_dict(base.train.checkpoint_buffer, departed_arrays=False))
                 _check_room(ctx.get_trial_dir(), path, episode)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(path))
             else:
