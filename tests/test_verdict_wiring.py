@@ -151,6 +151,7 @@ def _val_file(exp, cid, returns, times):
 
 def test_validation_matrix_contract(tmp_path):
     from dqlray.tuning.validation import VAL_FILE, validation_matrix
+    from dqlray.verdict import trial_information_ratios
 
     times = np.arange("2020-01-01", "2020-01-12", dtype="datetime64[D]").astype("datetime64[ns]")
     rng = np.random.default_rng(0)
@@ -162,9 +163,19 @@ def test_validation_matrix_contract(tmp_path):
     assert vm.config_ids == ["c", "a", "b"] and vm.missing == ["zz"]
     assert vm.returns.shape == (8, 3, 2) and list(vm.time) == list(times[3:])
     assert np.allclose(vm.returns[:, 1, :], a[:, 2:].T) and np.allclose(vm.returns[:, 0, :], c[:, 2:].T)
+    # a search over train.num_seeds (or train.ensemble: one column): each configuration keeps its own seed average
     _val_file(tmp_path, "d", a[:1], times)
-    with pytest.raises(DqlrayError, match=r"configs/d/val_returns.npy: 1 seeds, but configuration a has 2"):
-        validation_matrix(tmp_path, ["a", "d"])
+    _val_file(tmp_path, "f", rng.normal(0, 0.01, (3, 10)), times)
+    vm = validation_matrix(tmp_path, ["a", "d", "f"])
+    assert vm.returns.shape == (10, 3, 6)  # 2, 1 and 3 seeds: each repeated up to 6 columns
+    for j, cid in enumerate(["a", "d", "f"]):
+        own = np.load(tmp_path / "configs" / cid / VAL_FILE)
+        assert np.allclose(vm.returns[:, j, :].mean(axis=1), own.mean(axis=1))
+        assert trial_information_ratios(vm.returns)[j] == pytest.approx(trial_information_ratios(own[:, None, :])[0])
+    for cid, k in (("g", 7), ("h", 8), ("i", 9), ("j", 5)):
+        _val_file(tmp_path, cid, rng.normal(0, 0.01, (k, 10)), times)
+    with pytest.raises(DqlrayError, match=r"seed counts \[5, 7, 8, 9\] .* search train.num_seeds over fewer values"):
+        validation_matrix(tmp_path, ["g", "h", "i", "j"])
     (tmp_path / "configs" / "e").mkdir()
     (tmp_path / "configs" / "e" / VAL_FILE).write_text("cut")
     with pytest.raises(DqlrayError, match=r"configs/e/val_returns.npy: unreadable validation returns"):

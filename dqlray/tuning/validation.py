@@ -10,6 +10,7 @@ the one place that reads that storage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -44,14 +45,35 @@ def _load(path: Path) -> np.ndarray:
         raise DqlrayError(f"{path}: unreadable validation returns ({e})") from None
 
 
+MAX_SEED_LAYERS = 240
+"""Most seed layers the validation matrix tiles to (the least common multiple of the configurations' seed counts)."""
+
+
+def _same_seed_count(cols: list[np.ndarray], ids: list[str], exp_dir: str | Path) -> list[np.ndarray]:
+    """Give every configuration the same number of seed columns when the search varied them (``train.num_seeds``,
+    or ``train.ensemble``, whose one policy is one column): each one's columns repeated up to the least common
+    multiple of the counts. Every statistic the verdict takes over seeds is a mean (the seed-averaged information
+    ratio, the seed-averaged series), and a mean over columns repeated equally often is the mean over the
+    originals, so each configuration is scored as it was ranked."""
+    counts = sorted({c.shape[1] for c in cols})
+    if len(counts) == 1:
+        return cols
+    layers = math.lcm(*counts)
+    if layers > MAX_SEED_LAYERS:
+        raise DqlrayError(f"{exp_dir}: the configurations' seed counts {counts} (for example {ids[0]}: "
+                          f"{cols[0].shape[1]}) have no common multiple up to {MAX_SEED_LAYERS}; search "
+                          f"train.num_seeds over fewer values")
+    return [np.tile(c, (1, layers // c.shape[1])) for c in cols]
+
+
 def validation_matrix(exp_dir: str | Path, config_ids: Sequence[str]) -> ValidationMatrix:
     """Read the validation returns of ``config_ids`` from ``<exp_dir>/configs/<id>/val_returns.npy`` (and the bars
     they end at, ``val_time.npy``).
 
     Contract: one column per configuration that has a file, in the order of ``config_ids``, restricted to the bars
     every one of them has (all the same unless the search changed the split, e.g. through ``data.window``); those
-    without a file are listed in ``missing``. Every configuration must have the same number of seeds K. A file that
-    cannot be read, or no common bar, is one line naming the file.
+    without a file are listed in ``missing``. Configurations with different numbers of seed columns are brought to a
+    common K (:func:`_same_seed_count`). A file that cannot be read, or no common bar, is one line naming the file.
     """
     cols: list[np.ndarray] = []
     times: list[np.ndarray | None] = []
@@ -68,13 +90,12 @@ def validation_matrix(exp_dir: str | Path, config_ids: Sequence[str]) -> Validat
         if ret.ndim != 2 or (t is not None and len(t) != len(ret)):
             raise DqlrayError(f"{path}: validation returns of shape {ret.shape}, expected (bars, seeds)"
                               + (f" with {len(t)} bars" if t is not None else ""))
-        if cols and ret.shape[1] != cols[0].shape[1]:
-            raise DqlrayError(f"{path}: {ret.shape[1]} seeds, but configuration {found[0]} has {cols[0].shape[1]}")
         cols.append(ret.astype(np.float64))
         times.append(t)
         found.append(cid)
     if not cols:
         return ValidationMatrix(np.empty((0, 0, 0)), None, [], missing)
+    cols = _same_seed_count(cols, found, exp_dir)
     if any(t is None for t in times):  # records without bars: the same validation part for all, or an error
         if len({len(r) for r in cols}) > 1:
             raise DqlrayError(f"{exp_dir}: the configurations' validation returns differ in length and carry no bars")
