@@ -65,3 +65,21 @@ def test_a_scored_configuration_is_validated_as_the_sweep_trial_would_be(ensembl
     ev = evaluate_policy(policy, alone.market, part="test", n_envs=n, env=fresh.env, periods=fresh.train.periods_per_year)
     assert scored["test_fresh"][-1] == pytest.approx(ev.metrics[-1]["sharpe"], abs=1e-9)
     assert scored["selected_episode"][0] == (trial.member.kept()[3] if select != "last" else 4)
+
+
+def test_regret_floor_is_zero_without_noise_and_grows_with_it():
+    from bench.power import regret_floor
+
+    true = np.linspace(-0.3, 0.3, 27)
+    exact = regret_floor(true, np.full(27, 1e-9), true, sims=500)
+    assert exact["clairvoyant"] == pytest.approx(0.0, abs=1e-6)  # a picker that knows the quality has no regret
+    assert exact["by_validation"] == pytest.approx(0.0, abs=1e-6)  # validation = quality: no selection noise
+    floors = [regret_floor(true, np.full(27, se), sims=2000)["clairvoyant"] for se in (0.02, 0.08, 0.15)]
+    assert floors[0] < floors[1] < floors[2]  # the oracle is the luckiest measurement: more noise, more regret
+    assert 0.2 < floors[2] < 1.0
+    noisy_val = true + np.random.default_rng(1).normal(0, 0.5, 27)
+    r = regret_floor(true, np.full(27, 0.05), noisy_val, sims=2000)
+    assert r["by_validation"] > r["clairvoyant"] + 0.2  # ranking by a noisy validation loses to knowing
+    assert math.isnan(regret_floor(np.zeros(27) + 0.1, np.full(27, 0.1))["clairvoyant"])  # nothing to find
+    same = [regret_floor(true, np.full(27, 0.1), seed=3)["clairvoyant"] for _ in range(2)]
+    assert same[0] == same[1]  # seeded
