@@ -497,13 +497,16 @@ class PackRun:
                               "run again")
         if state["configs"] != [c.to_dict() for c in self.configs]:
             raise ConfigError("pack checkpoint was made with other configurations")
-        # The configurations that had left leave again; the rows that remain (the last configuration's, when every
-        # one had left) are laid out as they were in the checkpoint.
-        self.stop([ci for ci in self.active if ci not in set(np.asarray(state["row_config"]).tolist())])
-        self.learner.load_state_dict(state["learner"])
-        self.buffer.load_state_dict(state["buffer"])
-        load_env_state(self.venv, state["env"])
-        self.obs = self.venv.observe()
+        # The configurations that had left leave again; the rows that remain are laid out as they were in the
+        # checkpoint. When every one had left, no rows remain to train: the learner keeps the rows of whichever
+        # configuration left last, which need not be this pack's last, so only the results are restored.
+        remaining = set(np.asarray(state["row_config"]).tolist())
+        self.stop([ci for ci in self.active if ci not in remaining])
+        if remaining:
+            self.learner.load_state_dict(state["learner"])
+            self.buffer.load_state_dict(state["buffer"])
+            load_env_state(self.venv, state["env"])
+            self.obs = self.venv.observe()
         self.env_steps, self.episode = int(state["env_steps"]), int(state["episode"])
         self.fill_until = int(state["fill_until"])
         if "arrays" not in state["buffer"]:  # resumed without its replay data: refill before learning again

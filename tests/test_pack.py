@@ -164,6 +164,23 @@ def test_pack_resume_equals_uninterrupted(tmp_path):
     assert later.results[0].history[-1]["time_total_s"] > 1000
 
 
+def test_a_checkpoint_taken_after_every_configuration_left_restores_their_results():
+    # the last to leave is configuration 0 (1 and 2 stop first), not the pack's last index, and it has more seeds
+    cfgs = [CONFIGS[0].replace({"train": {"num_seeds": 3}}), CONFIGS[2], CONFIGS[3]]
+    run = PackRun(cfgs, DATA)
+    run.run_episode()
+    run.stop([1, 2])
+    run.run_episode()
+    run.stop([0])
+    assert run.active == []
+    resumed = PackRun(cfgs, DATA)
+    resumed.load_state_dict(run.state_dict())
+    assert resumed.active == [] and resumed.episode == run.episode
+    for a, b in zip(run.results, resumed.results, strict=True):
+        assert a.status == b.status and strip(a.history) == strip(b.history)
+        assert torch.equal(a.state["online"], b.state["online"])
+
+
 def test_a_sweep_checkpoint_drops_the_networks_of_configurations_that_left(tmp_path):
     # a sweep writes a departed configuration's networks to its own record; the pack's checkpoints keep only its
     # metrics (what the result rows and the search are told after a restore), and the others resume exactly
