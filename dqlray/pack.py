@@ -123,15 +123,20 @@ MEMBER_OVERHEAD = 1.0e5
 """A member's fixed cost per env step, in the same units (about 6 us)."""
 
 
-def pack_cost(configs: Sequence[ExperimentConfig]) -> float:
+def pack_cost(configs: Sequence[ExperimentConfig], member_share: float = 1.0) -> float:
     """Estimated time of one env step of a pack of ``configs`` (each with its seeds, and its share of a gradient step),
     in :func:`compute_cost` units: what splitting a group into packs trades (one pack's overhead against padding
-    everyone to the widest layers and the largest batch)."""
+    everyone to the widest layers and the largest batch).
+
+    ``member_share``: the share of the pack's steps a member trains on average. With early stopping (ASHA) most
+    members leave early while the pack, and its overhead, runs on for the survivors, so the members' part of the
+    cost shrinks and fewer, larger packs pay (:func:`dqlray.tuning.rungs.budget_share`)."""
     rows = sum(c.train.num_seeds for c in configs)
-    return PACK_OVERHEAD + rows * (MEMBER_OVERHEAD + compute_cost(configs))
+    return PACK_OVERHEAD + member_share * rows * (MEMBER_OVERHEAD + compute_cost(configs))
 
 
-def _split(configs: Sequence[ExperimentConfig], idx: list[int], max_configs: int) -> list[list[int]]:
+def _split(configs: Sequence[ExperimentConfig], idx: list[int], max_configs: int,
+           member_share: float = 1.0) -> list[list[int]]:
     """``idx`` (ordered by compute cost) cut into consecutive packs of at most ``max_configs`` with the least total
     :func:`pack_cost` (dynamic programming over the cut points); among equal costs, packs of more even sizes."""
     n = len(idx)
@@ -146,7 +151,7 @@ def _split(configs: Sequence[ExperimentConfig], idx: list[int], max_configs: int
             a = agents[i]
             hidden = [max(x, y) for x, y in zip(hidden, a.hidden, strict=True)]
             batch, dueling, rows = max(batch, a.batch_size), dueling or a.dueling, rows + seeds[i]
-            cost = PACK_OVERHEAD + rows * (MEMBER_OVERHEAD + _shape_cost(hidden, batch, dueling))
+            cost = PACK_OVERHEAD + member_share * rows * (MEMBER_OVERHEAD + _shape_cost(hidden, batch, dueling))
             c = best[i] + cost * (1 + 1e-9 * (j - i) ** 2)  # a vanishing penalty: equal costs, even sizes
             if c < best[j]:
                 best[j], cut[j] = c, i
@@ -158,11 +163,12 @@ def _split(configs: Sequence[ExperimentConfig], idx: list[int], max_configs: int
     return packs[::-1]
 
 
-def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None = None) -> list[list[int]]:
+def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None = None,
+                  member_share: float = 1.0) -> list[list[int]]:
     """Indices of ``configs`` grouped into packs: one group per :func:`pack_key`, in order of first appearance; with
     ``max_configs``, each group is ordered by :func:`compute_cost` (stably) and cut into packs of at most that many
-    configurations where :func:`pack_cost` says the cut pays: configurations of similar widths and batch sizes
-    share a pack, and a pack is not padded far beyond what its members need."""
+    configurations where :func:`pack_cost` (with ``member_share``) says the cut pays: configurations of similar
+    widths and batch sizes share a pack, and a pack is not padded far beyond what its members need."""
     if max_configs is not None and max_configs < 1:
         raise ValueError(f"max_configs={max_configs} must be >= 1")
     groups: dict[tuple, list[int]] = {}
@@ -172,7 +178,7 @@ def group_configs(configs: Sequence[ExperimentConfig], max_configs: int | None =
         return list(groups.values())
     packs = []
     for idx in groups.values():
-        packs += _split(configs, sorted(idx, key=lambda i: compute_cost(configs[i])), max_configs)
+        packs += _split(configs, sorted(idx, key=lambda i: compute_cost(configs[i])), max_configs, member_share)
     return packs
 
 

@@ -2,6 +2,7 @@
 searcher forms packs whose members can share one and tells Optuna each configuration's own result, and the pack
 sizes the default search space gives."""
 
+import dataclasses
 import json
 import pickle
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from dqlray.pack import pack_cost, pack_key, pack_problem
-from dqlray.tuning.rungs import RungServer, RungTable, milestones
+from dqlray.tuning.rungs import RungServer, RungTable, budget_share, milestones
 from dqlray.tuning.search import PackSearcher
 from dqlray.tuning.space import auto_pack_size, parse_sweep_file, trial_config
 
@@ -131,17 +132,22 @@ def test_optuna_is_told_each_configurations_own_result_and_state_is_saved(tmp_pa
         pickle.dumps(restored)
 
 
-def test_the_default_space_packs_and_auto_sizes():
-    sf = parse_sweep_file("configs/sweep.yaml")
-    m = auto_pack_size(27, 2, gpu=False)
-    s = PackSearcher(sf, pack_size=m, max_concurrent=2)
+def _all_packs(s, base):
     packs = []
     for i in range(40):
         got = s.suggest(f"t{i}")
         if got == "FINISHED":
             break
-        packs.append([trial_config(sf.base, x["params"]) for x in got["pack"]])
+        packs.append([trial_config(base, x["params"]) for x in got["pack"]])
         s.on_trial_complete(f"t{i}", {})
+    return packs
+
+
+def test_the_default_space_packs_and_auto_sizes():
+    sf = parse_sweep_file("configs/sweep.yaml")
+    m = auto_pack_size(27, 2, gpu=False)
+    s = PackSearcher(sf, pack_size=m, max_concurrent=2)
+    packs = _all_packs(s, sf.base)
     sizes = [len(p) for p in packs]
     shapes = [sorted({(c.agent.hidden[0], c.agent.batch_size) for c in p}) for p in packs]
     print(f"default space, 27 configurations, 2 slots, --pack auto (up to {m}): packs of {sizes}, (width, batch) "
@@ -149,7 +155,19 @@ def test_the_default_space_packs_and_auto_sizes():
     assert m == 14 and sum(sizes) == 27 and all(pack_problem(p) is None for p in packs)
     # one group (the default space keeps group keys equal), one wave, cut where padding would cost more than a pack
     assert len({pack_key(c) for p in packs for c in p}) == 1 and len(s.configs) == 27
-    costs = [pack_cost(p) for p in packs]
+    costs = [pack_cost(p, s.member_share) for p in packs]
     assert costs == sorted(costs, reverse=True)  # the longest packs first
+    # under ASHA (rungs at 4 and 12 of 24 episodes, reduction factor 3) an average configuration trains a third of
+    # the budget while its pack runs on for the survivors: the same 27 draws make fewer, larger packs than at full
+    # budget, where padding weighs more
+    assert s.member_share == pytest.approx(1 / 3) and budget_share(4, 3, 4) == 1.0
+    full_sf = dataclasses.replace(sf, sweep=dataclasses.replace(sf.sweep, scheduler="none"))
+    full = PackSearcher(full_sf, pack_size=m, max_concurrent=2)
+    full_packs = _all_packs(full, full_sf.base)
+    assert full.member_share == 1.0
+    assert sorted(c.to_dict()["agent"]["learning_rate"] for p in full_packs for c in p) == \
+        sorted(c.to_dict()["agent"]["learning_rate"] for p in packs for c in p)  # the same configurations
+    print(f"  the same at full budget: packs of {[len(p) for p in full_packs]}")
+    assert len(packs) < len(full_packs)
     assert auto_pack_size(27, 1, gpu=False) == 16 and auto_pack_size(500, 1, gpu=True) == 256
     assert auto_pack_size(3, 8, gpu=False) == 1

@@ -37,6 +37,18 @@ def milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int
     return [grace_period * reduction_factor**k for k in range(max(n, 0))]
 
 
+def budget_share(grace_period: int, reduction_factor: int, max_t: int) -> float:
+    """The share of the full budget an average configuration trains under ASHA: all of them to the first rung,
+    ``1/reduction_factor`` of them on to the next, and so on (rungs at :func:`milestones`, the last stretch to
+    ``max_t``). 1/3 for the default sweep (rungs at 4 and 12 of 24 episodes, reduction factor 3)."""
+    ends = [*milestones(grace_period, reduction_factor, max_t), max_t]
+    done, share, start = 0.0, 1.0, 0
+    for end in ends:
+        done += share * (end - start)
+        start, share = end, share / reduction_factor
+    return done / max_t
+
+
 class RungTable:
     """The values recorded at each rung, and every stop-or-continue decision made."""
 

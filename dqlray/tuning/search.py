@@ -10,8 +10,9 @@ the grid.
 
 Packs are formed a wave at a time: when a trial slot is free, the searcher asks for as many configurations as the
 free slots' packs hold, then splits them into packs whose members can share one (:func:`dqlray.pack.group_configs`:
-equal group keys; similar widths and batch sizes together, cut where one more pack costs less than padding), and
-queues the longest packs first. The searcher's whole state (the Optuna study
+equal group keys; similar widths and batch sizes together, cut where one more pack costs less than padding; with
+ASHA, members count for the share of the budget they train on average, so a wave makes fewer, larger packs whose
+overhead the survivors share), and queues the longest packs first. The searcher's whole state (the Optuna study
 included) is saved and restored with the sweep.
 """
 
@@ -25,6 +26,7 @@ from ray.tune.search import Searcher
 
 from dqlray.pack import DIVERGED, FINISHED, STOPPED, group_configs, pack_cost
 from dqlray.tuning.members import members_of
+from dqlray.tuning.rungs import budget_share
 from dqlray.tuning.space import SweepFile, encode, expected_configs, grid_points, trial_config
 
 
@@ -63,6 +65,11 @@ class PackSearcher(Searcher):
         self.pack_size = int(pack_size)
         self.max_concurrent = int(max_concurrent)
         self.n_configs = expected_configs(sweep_file)
+        # under ASHA most members leave early and the pack runs on for the survivors: their compute counts for the
+        # share of the budget an average configuration trains (bench/README.md: the default 27-configuration sweep
+        # makes 2 or 3 packs rather than 4 or 5, and no pack waits for a second round of slots)
+        self.member_share = (budget_share(sw.grace_period, sw.reduction_factor, sweep_file.base.train.episodes)
+                             if sw.scheduler == "asha" else 1.0)
         self.study: Any = None
         self.space: dict[str, Any] = {}
         if sw.search in ("optuna", "random"):
@@ -154,9 +161,9 @@ class PackSearcher(Searcher):
             return
         ids = [self._ask() for _ in range(n)]
         cfgs = [trial_config(self.sweep_file.base, self.configs[cid]["params"]) for cid in ids]
-        packs = group_configs(cfgs, max_configs=self.pack_size)
+        packs = group_configs(cfgs, max_configs=self.pack_size, member_share=self.member_share)
         # the longest packs first, so that the short ones fill the slots at the end (LPT scheduling)
-        packs.sort(key=lambda p: -pack_cost([cfgs[i] for i in p]))
+        packs.sort(key=lambda p: -pack_cost([cfgs[i] for i in p], self.member_share))
         self.queue += [[ids[i] for i in pack] for pack in packs]
 
     def _observe(self, cid: str, m: dict[str, Any]) -> None:
