@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         lg = runs[f"{name}_packed"]
         gain = lg["steps_per_core_s"] / ISSUE_STEPS_PER_CORE_S
-        print(f"Larger sweep, {labels[name]}, packed: cores busy {lg['busy_wall']:.0%} of wall "
+        print(f"Larger sweep, {labels[name]}, packed: cores busy {lg['busy_wall']:.1%} of wall "
               f"({lg['busy_phase']:.0%} of the trial phase; goal >= 80%: {'met' if lg['busy_wall'] >= 0.8 else 'NOT met'}), "
               f"{lg['steps_per_core_s']:,.0f} agent-steps per core-second = {gain:.1f}x the issue's "
               f"{ISSUE_STEPS_PER_CORE_S:,} (goal >= 5x: {'met' if gain >= 5 else 'NOT met'})")
