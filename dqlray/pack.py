@@ -504,11 +504,12 @@ class PackRun:
         if state["configs"] != [c.to_dict() for c in self.configs]:
             raise ConfigError("pack checkpoint was made with other configurations")
         # The configurations that had left leave again; the rows that remain are laid out as they were in the
-        # checkpoint. When every one had left, no rows remain to train: the learner keeps the rows of whichever
-        # configuration left last, which need not be this pack's last, so only the results are restored.
+        # checkpoint. When every one had left, the learner holds the rows of whichever configuration left last: a
+        # single run's own (its final checkpoint, whose learner a resumed run is evaluated with), but in a pack of
+        # several not necessarily the one stop() leaves here, so a pack restores only the results then.
         remaining = set(np.asarray(state["row_config"]).tolist())
         self.stop([ci for ci in self.active if ci not in remaining])
-        if remaining:
+        if remaining or len(self.configs) == 1:
             self.learner.load_state_dict(state["learner"])
             self.buffer.load_state_dict(state["buffer"])
             load_env_state(self.venv, state["env"])

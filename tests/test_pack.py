@@ -181,6 +181,19 @@ def test_a_checkpoint_taken_after_every_configuration_left_restores_their_result
         assert torch.equal(a.state["online"], b.state["online"])
 
 
+def test_a_finished_single_run_resumes_with_its_trained_networks():
+    # a single run's final checkpoint is taken after its one configuration left (finished): a resumed run is
+    # evaluated with that learner, so it must hold the trained networks, not fresh ones
+    run = PackRun([CONFIGS[0]], DATA)
+    while run.active:
+        run.run_episode()
+    resumed = PackRun([CONFIGS[0]], DATA)
+    resumed.load_state_dict(run.state_dict())
+    assert resumed.active == []
+    for key in ("online", "target", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(resumed.learner.state_dict()[key], run.learner.state_dict()[key]), key
+
+
 def test_a_sweep_checkpoint_drops_the_networks_of_configurations_that_left(tmp_path):
     # a sweep writes a departed configuration's networks to its own record; the pack's checkpoints keep only its
     # metrics (what the result rows and the search are told after a restore), and the others resume exactly
