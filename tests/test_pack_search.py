@@ -171,3 +171,15 @@ def test_the_default_space_packs_and_auto_sizes():
     assert len(packs) < len(full_packs)
     assert auto_pack_size(27, 1, gpu=False) == 16 and auto_pack_size(500, 1, gpu=True) == 256
     assert auto_pack_size(3, 8, gpu=False) == 1
+
+
+def test_a_searcher_pickled_before_member_share_resumes_cutting_as_before():
+    # Tune unpickles a resumed sweep's searcher without __init__: one saved before member_share existed cuts its
+    # next waves as then (every member at the full budget)
+    sf = parse_sweep_file("configs/sweep.yaml")
+    old = PackSearcher(sf, pack_size=4, max_concurrent=2)
+    state = {k: v for k, v in old.__dict__.items() if k != "member_share"}
+    resumed = PackSearcher.__new__(PackSearcher)
+    resumed.__dict__.update(pickle.loads(pickle.dumps(state)))
+    assert resumed.member_share == 1.0 and old.member_share == pytest.approx(1 / 3)
+    assert resumed.suggest("t0")["pack"]

@@ -57,6 +57,10 @@ class PackSearcher(Searcher):
         max_concurrent: packs running at once.
     """
 
+    member_share: float = 1.0
+    """The share of the budget a member counts for when packs are cut (set in ``__init__``; this default is what a
+    searcher pickled before it existed, resumed, cuts with)."""
+
     def __init__(self, sweep_file: SweepFile, pack_size: int, max_concurrent: int) -> None:
         sw = sweep_file.sweep
         # No metric for Tune to check in every result: a pack's results hold one per configuration (``members``).
