@@ -320,6 +320,8 @@ class PackRun:
         self.budget = np.array([c.train.episodes * self.per_episode for c in self.configs], dtype=np.int64)
         self.results = [MemberResult(c) for c in self.configs]
         self.last_val: list[dict[str, float]] = [{} for _ in self.configs]
+        self.rows_held_by: int | None = None
+        """Once every configuration has left: the one whose rows the learner still holds (the last to leave)."""
         self.episodes_done = np.zeros(len(self.configs))
         self.env_steps = 0
         self.episode = 0
@@ -469,6 +471,7 @@ class PackRun:
                 continue
             if len(rows) == self.learner.k:  # the last configuration: nothing remains to train
                 state = self.learner.member_state(rows)
+                self.rows_held_by = ci  # its rows stay in the learner (a single run is evaluated with them)
             else:
                 state = self.learner.remove_members(rows)
                 self.buffer.remove_members(rows)
@@ -491,7 +494,7 @@ class PackRun:
         results = [r.to_state(departed_arrays or r.status == ACTIVE) for r in self.results]
         return {"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(include_buffer),
                 "env": env_state(self.venv), "env_steps": self.env_steps, "episode": self.episode,
-                "fill_until": self.fill_until, "row_config": self.row_config.copy(),
+                "fill_until": self.fill_until, "row_config": self.row_config.copy(), "rows_held_by": self.rows_held_by,
                 "episodes_done": self.episodes_done.copy(), "last_val": [dict(v) for v in self.last_val],
                 "results": results, "configs": [c.to_dict() for c in self.configs],
                 "elapsed_s": time.perf_counter() - self._t_start}
@@ -503,17 +506,19 @@ class PackRun:
                               "run again")
         if state["configs"] != [c.to_dict() for c in self.configs]:
             raise ConfigError("pack checkpoint was made with other configurations")
-        # The configurations that had left leave again; the rows that remain are laid out as they were in the
-        # checkpoint. When every one had left, the learner holds the rows of whichever configuration left last: a
-        # single run's own (its final checkpoint, whose learner a resumed run is evaluated with), but in a pack of
-        # several not necessarily the one stop() leaves here, so a pack restores only the results then.
+        # The configurations that had left leave again, so that the rows that remain are laid out as they were in
+        # the checkpoint: when every one had left, those of the one that left last (a single run's final checkpoint,
+        # whose learner a resumed run is evaluated with), which therefore leaves last here too. A checkpoint from
+        # before rows_held_by was kept had them from the last index, the order stop() takes.
         remaining = set(np.asarray(state["row_config"]).tolist())
-        self.stop([ci for ci in self.active if ci not in remaining])
-        if remaining or len(self.configs) == 1:
-            self.learner.load_state_dict(state["learner"])
-            self.buffer.load_state_dict(state["buffer"])
-            load_env_state(self.venv, state["env"])
-            self.obs = self.venv.observe()
+        holder = None if remaining else state.get("rows_held_by", len(self.configs) - 1)
+        self.stop([ci for ci in self.active if ci not in remaining and ci != holder])
+        if holder is not None:
+            self.stop([holder])
+        self.learner.load_state_dict(state["learner"])
+        self.buffer.load_state_dict(state["buffer"])
+        load_env_state(self.venv, state["env"])
+        self.obs = self.venv.observe()
         self.env_steps, self.episode = int(state["env_steps"]), int(state["episode"])
         self.fill_until = int(state["fill_until"])
         if "arrays" not in state["buffer"]:  # resumed without its replay data: refill before learning again

@@ -179,6 +179,9 @@ def test_a_checkpoint_taken_after_every_configuration_left_restores_their_result
     for a, b in zip(run.results, resumed.results, strict=True):
         assert a.status == b.status and strip(a.history) == strip(b.history)
         assert torch.equal(a.state["online"], b.state["online"])
+    # the learner holds the rows of the configuration that left last, as it did when the checkpoint was taken
+    assert resumed.rows_held_by == run.rows_held_by == 0
+    assert torch.equal(resumed.learner.state_dict()["online"], run.learner.state_dict()["online"])
 
 
 def test_a_finished_single_run_resumes_with_its_trained_networks():
